@@ -1,0 +1,87 @@
+"""Configuration: dataclass defaults < a YAML file in configs/ < OPEN_SPEECH_* environment < command line.
+
+Every server describes its options as a dataclass; `load` fills one from the layers above. The YAML
+files in configs/ document every key. Environment variables are the key in upper case with the
+prefix `OPEN_SPEECH_` (`port` -> `OPEN_SPEECH_PORT`); lists are comma-separated there. The file is
+`configs/<name>.yaml` unless `--config` or `OPEN_SPEECH_CONFIG` names another.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+ENV_PREFIX = "OPEN_SPEECH_"
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass
+class ServerConfig:
+    """Options every family server shares."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_servers: int = 1
+    max_upload_mb: float = 100.0
+    max_audio_seconds: float = 7200.0
+    queue_timeout: float = 600.0
+    log_level: str = "info"
+
+
+def load(cls: type[T], name: str, argv: list[str] | None = None) -> T:
+    """Build `cls` from its defaults, then the YAML file, the environment and `argv`, later winning."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    parser = argparse.ArgumentParser(description=f"open-speech {name} server")
+    parser.add_argument("--config", help=f"YAML file (default: configs/{name}.yaml)")
+    for key in fields:
+        parser.add_argument(f"--{key.replace('_', '-')}", dest=key, metavar=key.upper())
+    args = vars(parser.parse_args(argv))
+
+    path = Path(args.pop("config") or os.environ.get(ENV_PREFIX + "CONFIG") or CONFIG_DIR / f"{name}.yaml")
+    values: dict[str, Any] = (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
+    unknown = set(values) - set(fields)
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
+    for key in fields:
+        env = os.environ.get(ENV_PREFIX + key.upper())
+        if env is not None:
+            values[key] = env
+        if args.get(key) is not None:
+            values[key] = args[key]
+    return cls(**{key: coerce(value, hints[key], key) for key, value in values.items()})
+
+
+def coerce(value: Any, hint: Any, key: str) -> Any:
+    """Turn text (from env or argv) or YAML values into the field's declared type."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("", "none", "null")):
+            return None
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+        origin = typing.get_origin(hint)
+    if origin is list:
+        items = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else list(value or [])
+        (item_type,) = typing.get_args(hint)
+        return [coerce(v, item_type, key) for v in items]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{key}: expected a boolean, got {value!r}")
+    if hint in (int, float, str):
+        return hint(value)
+    raise TypeError(f"{key}: unsupported config type {hint}")

@@ -1,0 +1,83 @@
+"""Errors in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`, with the right status."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+logger = logging.getLogger(__name__)
+
+_TYPES = {
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "service_unavailable",
+}
+
+
+class ApiError(Exception):
+    """An error the client should see as it is: a status, a readable message, the offending parameter."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.headers = headers
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.status, self.message, param=self.param, code=self.code)
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+def error_body(status: int, message: str, *, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    kind = _TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    first = exc.errors()[0]
+    param = str(first["loc"][-1]) if first.get("loc") else None
+    if first.get("type") == "missing":
+        message, code = f"Missing required parameter: '{param}'.", "missing_required_parameter"
+    else:
+        message, code = f"Invalid value for '{param}': {first.get('msg')}.", "invalid_value"
+    return ApiError(422, message, param=param, code=code).response()
+
+
+def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
+    return ApiError(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None)).response()
+
+
+def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+    return exc.response()
+
+
+def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unhandled error", exc_info=exc)
+    return ApiError(500, "The server had an error while processing your request.").response()
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Make every error the app raises, FastAPI's own included, answer in OpenAI's shape."""
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)

@@ -1,0 +1,115 @@
+"""Renderers for every OpenAI `response_format`, from one `Transcript`."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from common.languages import language_name
+from common.transcript import Transcript, Word
+
+ResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json"]
+RESPONSE_FORMATS: tuple[str, ...] = ("json", "text", "srt", "vtt", "verbose_json")
+Granularity = Literal["word", "segment"]
+
+
+def usage(duration: float) -> dict[str, Any]:
+    """OpenAI's duration-based usage: billed audio seconds."""
+    return {"type": "duration", "seconds": math.ceil(duration)}
+
+
+def logprobs(words: list[Word]) -> list[dict[str, Any]]:
+    """OpenAI's `logprobs` entries, one per word: Whisper scores words, not sub-word tokens."""
+    return [
+        {"token": w.word, "logprob": math.log(max(w.probability or 0.0, 1e-12)), "bytes": list(w.word.encode())}
+        for w in words
+    ]
+
+
+def render_json(t: Transcript, *, include_logprobs: bool = False) -> dict[str, Any]:
+    body: dict[str, Any] = {"text": t.text, "usage": usage(t.duration)}
+    if include_logprobs:
+        body["logprobs"] = logprobs(t.words)
+    return body
+
+
+def render_verbose_json(t: Transcript, granularities: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """verbose_json with OpenAI's exact fields; segments unless only words were asked for."""
+    body: dict[str, Any] = {
+        "task": t.task,
+        "language": language_name(t.language),
+        "duration": round(t.duration, 3),
+        "text": t.text,
+    }
+    if "segment" in granularities or not granularities:
+        body["segments"] = [
+            {
+                "id": s.id,
+                "seek": s.seek,
+                "start": round(s.start, 3),
+                "end": round(s.end, 3),
+                "text": s.text,
+                "tokens": s.tokens,
+                "temperature": s.temperature,
+                "avg_logprob": s.avg_logprob,
+                "compression_ratio": s.compression_ratio,
+                "no_speech_prob": s.no_speech_prob,
+            }
+            for s in t.segments
+        ]
+    if "word" in granularities:
+        body["words"] = [{"word": w.word.strip(), "start": round(w.start, 3), "end": round(w.end, 3)} for w in t.words]
+    body["usage"] = usage(t.duration)
+    return body
+
+
+def render_text(t: Transcript) -> str:
+    return t.text + "\n"
+
+
+def timestamp(seconds: float, decimal: str) -> str:
+    """HH:MM:SS<decimal>mmm, with hours growing past 99 rather than wrapping."""
+    millis = max(0, round(seconds * 1000))
+    hours, millis = divmod(millis, 3_600_000)
+    minutes, millis = divmod(millis, 60_000)
+    secs, millis = divmod(millis, 1000)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}{decimal}{millis:03d}"
+
+
+def render_srt(t: Transcript) -> str:
+    cues = [
+        f"{i}\n{timestamp(s.start, ',')} --> {timestamp(s.end, ',')}\n{s.text.strip()}\n"
+        for i, s in enumerate(t.segments, start=1)
+    ]
+    return "\n".join(cues)
+
+
+def vtt_escape(text: str) -> str:
+    """Cue text may not hold raw '&', '<' or '>' (nor so the '-->' marker)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def render_vtt(t: Transcript) -> str:
+    cues = [f"{timestamp(s.start, '.')} --> {timestamp(s.end, '.')}\n{vtt_escape(s.text.strip())}\n" for s in t.segments]
+    return "\n".join(["WEBVTT\n", *cues])
+
+
+def render(
+    t: Transcript,
+    response_format: str,
+    *,
+    granularities: frozenset[str] = frozenset(),
+    include_logprobs: bool = False,
+) -> dict[str, Any] | str:
+    """The response body: a dict for the JSON formats, text for the others."""
+    if response_format == "json":
+        return render_json(t, include_logprobs=include_logprobs)
+    if response_format == "verbose_json":
+        return render_verbose_json(t, granularities)
+    if response_format == "text":
+        return render_text(t)
+    if response_format == "srt":
+        return render_srt(t)
+    if response_format == "vtt":
+        return render_vtt(t)
+    raise ValueError(f"unknown response_format {response_format!r}")

@@ -1,0 +1,82 @@
+"""Run a family's LitAPI behind the OpenAI audio spec: limits, errors, devices and signals."""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+import litserve as ls
+from fastapi import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from common.config import ServerConfig
+from common.errors import ApiError, install_error_handlers
+
+
+class UploadLimit:
+    """Refuse request bodies over `max_bytes` with 413, before they are buffered.
+
+    A declared Content-Length over the limit is answered at once; a body without one is counted as it
+    arrives and cut off when it passes the limit.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            response = self._error().response()
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def counted_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise HTTPException(413, self._error().message)
+            return message
+
+        await self.app(scope, counted_receive, send)
+
+    def _error(self) -> ApiError:
+        limit_mb = self.max_bytes / 1_000_000
+        return ApiError(413, f"The upload is larger than this server's limit of {limit_mb:g} MB.", param="file",
+                        code="file_too_large")
+
+
+def _stop_on_sigterm() -> None:
+    """LitServe shuts down cleanly on SIGINT only; containers and supervisors send SIGTERM."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def serve(api: ls.LitAPI, config: ServerConfig, accelerator: str, devices: int | str = "auto",
+          workers_per_device: int = 1) -> None:
+    """Start LitServe with `api` and block until SIGINT or SIGTERM."""
+    server = ls.LitServer(
+        api,
+        accelerator=accelerator,
+        devices=devices,
+        workers_per_device=workers_per_device,
+        timeout=config.queue_timeout,
+        middlewares=[(UploadLimit, {"max_bytes": int(config.max_upload_mb * 1_000_000)})],
+    )
+    install_error_handlers(server.app)
+    _stop_on_sigterm()
+    server.run(
+        host=config.host,
+        port=config.port,
+        num_api_servers=config.api_servers,
+        log_level=config.log_level,
+        generate_client_file=False,
+    )
