@@ -34,7 +34,9 @@ def decode(file: BinaryIO, content_type: str | None, limits: AudioLimits) -> np.
     """Return 16 kHz mono float32 samples in [-1, 1], or raise `AudioError`."""
     media_type, params = _parse_content_type(content_type)
     if media_type in RAW_PCM_TYPES:
-        samples = _decode_raw_pcm16(file.read(), int(params.get("rate", DEFAULT_RAW_RATE)), int(params.get("channels", 1)))
+        samples = _decode_raw_pcm16(
+            file.read(), int(params.get("rate", DEFAULT_RAW_RATE)), int(params.get("channels", 1))
+        )
     else:
         samples = _decode_container(file, limits)
     if samples.size == 0:
@@ -51,7 +53,9 @@ def _parse_content_type(content_type: str | None) -> tuple[str, dict[str, str]]:
 
 
 def _too_long(limits: AudioLimits) -> AudioError:
-    return AudioError(f"The audio is longer than this server's limit of {limits.max_seconds:g} seconds.", "audio_too_long")
+    return AudioError(
+        f"The audio is longer than this server's limit of {limits.max_seconds:g} seconds.", "audio_too_long"
+    )
 
 
 def _decode_container(file: BinaryIO, limits: AudioLimits) -> np.ndarray:

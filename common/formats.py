@@ -90,7 +90,9 @@ def vtt_escape(text: str) -> str:
 
 
 def render_vtt(t: Transcript) -> str:
-    cues = [f"{timestamp(s.start, '.')} --> {timestamp(s.end, '.')}\n{vtt_escape(s.text.strip())}\n" for s in t.segments]
+    cues = [
+        f"{timestamp(s.start, '.')} --> {timestamp(s.end, '.')}\n{vtt_escape(s.text.strip())}\n" for s in t.segments
+    ]
     return "\n".join(["WEBVTT\n", *cues])
 
 

@@ -14,9 +14,7 @@ tl tagalog|tr turkish|tt tatar|uk ukrainian|ur urdu|uz uzbek|vi vietnamese|yi yi
 zh chinese
 """
 
-LANGUAGES: dict[str, str] = dict(
-    entry.split(" ", 1) for entry in _NAMES.replace("\n", "|").split("|") if entry
-)
+LANGUAGES: dict[str, str] = dict(entry.split(" ", 1) for entry in _NAMES.replace("\n", "|").split("|") if entry)
 
 
 def language_name(code: str) -> str:

@@ -47,8 +47,12 @@ class UploadLimit:
 
     def _error(self) -> ApiError:
         limit_mb = self.max_bytes / 1_000_000
-        return ApiError(413, f"The upload is larger than this server's limit of {limit_mb:g} MB.", param="file",
-                        code="file_too_large")
+        return ApiError(
+            413,
+            f"The upload is larger than this server's limit of {limit_mb:g} MB.",
+            param="file",
+            code="file_too_large",
+        )
 
 
 def _stop_on_sigterm() -> None:
@@ -60,8 +64,9 @@ def _stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def serve(api: ls.LitAPI, config: ServerConfig, accelerator: str, devices: int | str = "auto",
-          workers_per_device: int = 1) -> None:
+def serve(
+    api: ls.LitAPI, config: ServerConfig, accelerator: str, devices: int | str = "auto", workers_per_device: int = 1
+) -> None:
     """Start LitServe with `api` and block until SIGINT or SIGTERM."""
     server = ls.LitServer(
         api,

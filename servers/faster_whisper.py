@@ -19,23 +19,23 @@ if __name__ == "__main__":
     # faster_whisper package: serve from the repository root instead.
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-import logging  # noqa: E402
-import os  # noqa: E402
-import queue  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
-from concurrent.futures import ThreadPoolExecutor  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
+import logging
+import os
+import queue
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
-import ctranslate2  # noqa: E402
-import faster_whisper  # noqa: E402
+import ctranslate2
+import faster_whisper
 
-from common.audio import AudioLimits  # noqa: E402
-from common.config import ServerConfig, load  # noqa: E402
-from common.family import FamilyAPI, Step  # noqa: E402
-from common.jobs import ModelCard, TranscriptionJob, error_event, info_event, segment_event  # noqa: E402
-from common.serving import serve  # noqa: E402
-from common.transcript import Segment, Word  # noqa: E402
-from specs.openai_audio import OpenAIAudioSpec  # noqa: E402
+from common.audio import AudioLimits
+from common.config import ServerConfig, load
+from common.family import FamilyAPI, Step
+from common.jobs import ModelCard, TranscriptionJob, error_event, info_event, segment_event
+from common.serving import serve
+from common.transcript import Segment, Word
+from specs.openai_audio import OpenAIAudioSpec
 
 logger = logging.getLogger("open_speech.faster_whisper")
 
@@ -127,8 +127,9 @@ class FasterWhisperAPI(FamilyAPI):
         )
         # One thread per batch slot: CTranslate2 runs `parallel` of them at a time, the rest queue.
         self.pool = ThreadPoolExecutor(max_workers=max(self.config.max_batch_size, parallel))
-        logger.info("loaded %s on %s (%s, %d workers x %d threads)", self.config.model, device, compute_type,
-                    parallel, threads)
+        logger.info(
+            "loaded %s on %s (%s, %d workers x %d threads)", self.config.model, device, compute_type, parallel, threads
+        )
 
     def transcribe_batch(self, jobs: list[TranscriptionJob]) -> Iterator[Step]:
         events: queue.Queue = queue.Queue()

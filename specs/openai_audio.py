@@ -78,8 +78,17 @@ class OpenAIAudioSpec(LitSpec):
         include: list[str] | None = Form(None, alias="include[]"),
     ) -> Response:
         return await self._handle(
-            request, file, model, "transcribe", language, prompt, response_format, temperature,
-            timestamp_granularities, stream, include,
+            request,
+            file,
+            model,
+            "transcribe",
+            language,
+            prompt,
+            response_format,
+            temperature,
+            timestamp_granularities,
+            stream,
+            include,
         )
 
     async def translations(
@@ -125,8 +134,9 @@ class OpenAIAudioSpec(LitSpec):
             raise _unknown_model(model)
         self._check_capabilities(task, form)
         if not self._ready():
-            raise ApiError(503, "The model is still loading; retry shortly.", code="model_not_ready",
-                           headers={"Retry-After": "2"})
+            raise ApiError(
+                503, "The model is still loading; retry shortly.", code="model_not_ready", headers={"Retry-After": "2"}
+            )
         audio = await asyncio.to_thread(self._decode_upload, file)
         job = TranscriptionJob(
             audio=audio,
@@ -145,8 +155,9 @@ class OpenAIAudioSpec(LitSpec):
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
         transcript = await _collect(first, events, task)
-        body = render(transcript, form.response_format, granularities=form.granularities,
-                      include_logprobs=form.logprobs)
+        body = render(
+            transcript, form.response_format, granularities=form.granularities, include_logprobs=form.logprobs
+        )
         if isinstance(body, dict):
             return JSONResponse(body)
         return PlainTextResponse(body)
@@ -161,13 +172,22 @@ class OpenAIAudioSpec(LitSpec):
     def _check_capabilities(self, task: Task, form: _Form) -> None:
         card = self.model
         if form.language and card.languages is not None and form.language not in card.languages:
-            raise ApiError(400, f"Model '{card.id}' does not support language '{form.language}'; "
-                           f"it supports: {', '.join(card.languages)}.", param="language", code="unsupported_language")
+            raise ApiError(
+                400,
+                f"Model '{card.id}' does not support language '{form.language}'; "
+                f"it supports: {', '.join(card.languages)}.",
+                param="language",
+                code="unsupported_language",
+            )
         if task == "translate" and not card.translate:
             raise ApiError(400, f"Model '{card.id}' cannot translate.", param="model", code="unsupported_task")
         if "word" in form.granularities and not card.word_timestamps:
-            raise ApiError(400, f"Model '{card.id}' has no word timestamps.", param="timestamp_granularities[]",
-                           code="unsupported_value")
+            raise ApiError(
+                400,
+                f"Model '{card.id}' has no word timestamps.",
+                param="timestamp_granularities[]",
+                code="unsupported_value",
+            )
 
     def _ready(self) -> bool:
         status = self._server.workers_setup_status if self._server else {}
@@ -199,8 +219,9 @@ class OpenAIAudioSpec(LitSpec):
         finally:
             self.response_buffer.pop(uid, None)
 
-    async def _sse(self, first: dict[str, Any], events: AsyncIterator[dict[str, Any]], with_logprobs: bool
-                   ) -> AsyncIterator[str]:
+    async def _sse(
+        self, first: dict[str, Any], events: AsyncIterator[dict[str, Any]], with_logprobs: bool
+    ) -> AsyncIterator[str]:
         """`transcript.text.delta` per decoded segment, then `transcript.text.done`, then `[DONE]`."""
         texts: list[str] = []
         emitted = ""
@@ -212,10 +233,13 @@ class OpenAIAudioSpec(LitSpec):
                 segment = Segment.from_dict(_segment_fields(message))
                 texts.append(segment.text)
                 text = join_text(texts)
-                delta, emitted = text[len(emitted):], text
+                delta, emitted = text[len(emitted) :], text
                 if delta:
-                    payload: dict[str, Any] = {"type": "transcript.text.delta", "delta": delta,
-                                               "segment_id": str(segment.id)}
+                    payload: dict[str, Any] = {
+                        "type": "transcript.text.delta",
+                        "delta": delta,
+                        "segment_id": str(segment.id),
+                    }
                     if with_logprobs:
                         payload["logprobs"] = logprobs(segment.words or [])
                     yield _sse_data(payload)
@@ -241,8 +265,15 @@ class OpenAIAudioSpec(LitSpec):
 class _Form:
     """The validated optional fields of a transcription or translation request."""
 
-    def __init__(self, response_format: str, temperature: float | None, granularities: frozenset[str],
-                 stream: bool, logprobs: bool, language: str | None) -> None:
+    def __init__(
+        self,
+        response_format: str,
+        temperature: float | None,
+        granularities: frozenset[str],
+        stream: bool,
+        logprobs: bool,
+        language: str | None,
+    ) -> None:
         self.response_format = response_format
         self.temperature = temperature
         self.granularities = granularities
@@ -251,14 +282,29 @@ class _Form:
         self.language = language
 
     @classmethod
-    def parse(cls, response_format: str, temperature: str | None, granularities: list[str] | None,
-              stream: str | None, include: list[str] | None, language: str | None) -> _Form:
+    def parse(
+        cls,
+        response_format: str,
+        temperature: str | None,
+        granularities: list[str] | None,
+        stream: str | None,
+        include: list[str] | None,
+        language: str | None,
+    ) -> _Form:
         if response_format == "diarized_json":
-            raise ApiError(400, "response_format 'diarized_json' needs a diarizing model; none is served here.",
-                           param="response_format", code="unsupported_value")
+            raise ApiError(
+                400,
+                "response_format 'diarized_json' needs a diarizing model; none is served here.",
+                param="response_format",
+                code="unsupported_value",
+            )
         if response_format not in RESPONSE_FORMATS:
-            raise ApiError(400, f"Invalid response_format '{response_format}'; expected one of: "
-                           f"{', '.join(RESPONSE_FORMATS)}.", param="response_format", code="invalid_value")
+            raise ApiError(
+                400,
+                f"Invalid response_format '{response_format}'; expected one of: {', '.join(RESPONSE_FORMATS)}.",
+                param="response_format",
+                code="invalid_value",
+            )
         return cls(
             response_format=response_format,
             temperature=_parse_temperature(temperature),
@@ -277,16 +323,24 @@ def _parse_temperature(value: str | None) -> float | None:
     except ValueError:
         temperature = -1.0
     if not 0.0 <= temperature <= 1.0:
-        raise ApiError(400, f"Invalid temperature '{value}'; expected a number from 0 to 1.", param="temperature",
-                       code="invalid_value")
+        raise ApiError(
+            400,
+            f"Invalid temperature '{value}'; expected a number from 0 to 1.",
+            param="temperature",
+            code="invalid_value",
+        )
     return temperature
 
 
 def _parse_granularities(values: list[str] | None) -> frozenset[str]:
     chosen = frozenset(values or ())
     if chosen - GRANULARITIES:
-        raise ApiError(400, f"Invalid timestamp_granularities {sorted(chosen - GRANULARITIES)}; expected word "
-                       "and/or segment.", param="timestamp_granularities[]", code="invalid_value")
+        raise ApiError(
+            400,
+            f"Invalid timestamp_granularities {sorted(chosen - GRANULARITIES)}; expected word and/or segment.",
+            param="timestamp_granularities[]",
+            code="invalid_value",
+        )
     return chosen
 
 
@@ -303,23 +357,36 @@ def _parse_language(value: str | None) -> str | None:
         return None
     code = value.strip().lower()
     if code not in LANGUAGES:
-        raise ApiError(400, f"Invalid language '{value}'; expected an ISO-639-1 code such as 'en'.",
-                       param="language", code="invalid_language")
+        raise ApiError(
+            400,
+            f"Invalid language '{value}'; expected an ISO-639-1 code such as 'en'.",
+            param="language",
+            code="invalid_language",
+        )
     return code
 
 
 def _unknown_model(model: str) -> ApiError:
-    return ApiError(404, f"The model '{model}' does not exist or is not served here; see /v1/models.",
-                    param="model", code="model_not_found")
+    return ApiError(
+        404,
+        f"The model '{model}' does not exist or is not served here; see /v1/models.",
+        param="model",
+        code="model_not_found",
+    )
 
 
 def _worker_error(data: Any) -> ApiError:
     status = getattr(data, "status_code", 500)
     if status == 504:
-        return ApiError(503, "The server is overloaded: the request waited too long in the queue.",
-                        code="queue_timeout", headers={"Retry-After": "5"})
-    return ApiError(status if status < 500 else 500, "The model failed while transcribing this request.",
-                    code="model_error")
+        return ApiError(
+            503,
+            "The server is overloaded: the request waited too long in the queue.",
+            code="queue_timeout",
+            headers={"Retry-After": "5"},
+        )
+    return ApiError(
+        status if status < 500 else 500, "The model failed while transcribing this request.", code="model_error"
+    )
 
 
 def _segment_fields(message: dict[str, Any]) -> dict[str, Any]:
@@ -341,12 +408,9 @@ async def _chain(first: dict[str, Any], rest: AsyncIterator[dict[str, Any]]) -> 
 
 async def _collect(first: dict[str, Any], events: AsyncIterator[dict[str, Any]], task: Task) -> Transcript:
     language, duration = first.get("language", ""), first.get("duration", 0.0)
-    segments = [
-        Segment.from_dict(_segment_fields(m)) async for m in _chain(first, events) if m["event"] == "segment"
-    ]
+    segments = [Segment.from_dict(_segment_fields(m)) async for m in _chain(first, events) if m["event"] == "segment"]
     return Transcript.from_segments(segments, language, duration, task)
 
 
 def _sse_data(payload: dict[str, Any]) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
-

