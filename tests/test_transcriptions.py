@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
+from itertools import pairwise
 from pathlib import Path
 
 import openai
@@ -89,7 +90,7 @@ def test_verbose_json_has_openai_fields_and_ordered_timestamps(client: openai.Op
         previous_end = segment["start"]
     words = body["words"]
     assert " ".join(w["word"] for w in words).split() == body["text"].split()
-    for a, b in zip(words, words[1:]):
+    for a, b in pairwise(words):
         assert 0 <= a["start"] <= a["end"] <= b["start"] + 1e-6
     assert words[-1]["end"] <= body["duration"] + 0.01
 
@@ -193,7 +194,7 @@ def test_dev_corpus_text_and_wer_equal_in_process(client: openai.OpenAI) -> None
     expected = [inprocess_text(c) for c in DEV]
     with ThreadPoolExecutor(8) as pool:
         texts = list(pool.map(lambda c: transcribe(client, c.path).text, DEV))
-    mismatches = [(c.id, e, t) for c, e, t in zip(DEV, expected, texts) if e != t]
+    mismatches = [(c.id, e, t) for c, e, t in zip(DEV, expected, texts, strict=True) if e != t]
     assert not mismatches, json.dumps(mismatches, indent=1)
     references = [c.text for c in DEV]
     assert wer(references, texts) == wer(references, expected) < 0.07
