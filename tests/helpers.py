@@ -38,7 +38,13 @@ def corpus(folder: str) -> list[Clip]:
     for line in (root / "manifest.jsonl").read_text().splitlines():
         entry = json.loads(line)
         clips.append(
-            Clip(str(entry["id"]), root / entry["audio"], entry.get("text", ""), entry["duration"], entry["language"])
+            Clip(
+                str(entry.get("id", Path(entry["audio"]).stem)),
+                root / entry["audio"],
+                entry.get("text") or "",
+                entry["duration"],
+                entry.get("language", "en"),
+            )
         )
     return clips
 
