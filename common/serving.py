@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 from typing import Any
 
 import litserve as ls
@@ -56,9 +58,16 @@ class UploadLimit:
 
 
 def _stop_on_sigterm() -> None:
-    """LitServe shuts down cleanly on SIGINT only; containers and supervisors send SIGTERM."""
+    """LitServe shuts down cleanly on SIGINT only; containers and supervisors send SIGTERM.
+
+    Forked uvicorn processes inherit this handler; uvicorn re-raises the signal there once it has
+    shut down gracefully, and then they only need to exit.
+    """
+    main_pid = os.getpid()
 
     def handler(signum: int, frame: Any) -> None:
+        if os.getpid() != main_pid:
+            sys.exit(0)
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
