@@ -8,7 +8,8 @@ Batching: LitServe gathers up to `max_batch_size` requests; they are decoded con
 `WhisperModel` with `parallel` CTranslate2 workers, each request running faster-whisper's own
 `transcribe()`, so results are exactly those of in-process faster-whisper with the same settings.
 On CPU this beats stacking the 30 s windows of several requests into one CTranslate2 batch
-(measured on 2 cores: two workers ~2.0x sequential, one batch of 4 windows ~1.6x).
+(measured on 2 cores: two workers ~2.0x sequential, one batch of 4 windows ~1.6x). On a GPU the
+stacked batch is likely the better design; it has not been measured here (no GPU).
 """
 
 import sys
