@@ -43,6 +43,7 @@ class ModelCard:
     languages: tuple[str, ...] | None = None  # None: every language the family knows
     translate: bool = True
     word_timestamps: bool = True
+    settings: dict[str, Any] = field(default_factory=dict)  # the server's effective configuration
 
     @property
     def names(self) -> tuple[str, ...]:

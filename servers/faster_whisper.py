@@ -25,7 +25,7 @@ import os
 import queue
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import ctranslate2
 import faster_whisper
@@ -72,10 +72,19 @@ def model_path(model: str) -> str:
     return model
 
 
-def accelerator(config: FasterWhisperConfig) -> str:
-    if config.device != "auto":
-        return config.device
-    return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+def resolve_auto(config: FasterWhisperConfig) -> FasterWhisperConfig:
+    """Settle every `auto`/0 setting: CUDA float16 when CTranslate2 sees a GPU, else CPU int8 with
+    min(cores, 4) CTranslate2 workers sharing the cores."""
+    device = config.device
+    if device == "auto":
+        device = "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+    compute_type = config.compute_type
+    if compute_type == "auto":
+        compute_type = "float16" if device == "cuda" else "int8"
+    cores = os.cpu_count() or 1
+    parallel = config.parallel or (min(cores, 4) if device == "cpu" else 2)
+    threads = config.cpu_threads or max(1, cores // parallel)
+    return replace(config, device=device, compute_type=compute_type, parallel=parallel, cpu_threads=threads)
 
 
 def model_card(config: FasterWhisperConfig) -> ModelCard:
@@ -88,6 +97,7 @@ def model_card(config: FasterWhisperConfig) -> ModelCard:
         aliases=tuple(a for a in config.aliases if a != name),
         languages=("en",) if english_only else None,
         translate=not english_only,
+        settings=asdict(config),
     )
 
 
@@ -110,26 +120,26 @@ class FasterWhisperAPI(FamilyAPI):
         self.config = config
 
     def setup(self, device: str) -> None:
-        kind, _, index = device.partition(":")
-        cores = os.cpu_count() or 1
-        parallel = self.config.parallel or (min(cores, 4) if kind == "cpu" else 2)
-        threads = self.config.cpu_threads or max(1, cores // parallel)
-        compute_type = self.config.compute_type
-        if compute_type == "auto":
-            compute_type = "float16" if kind == "cuda" else "int8"
+        kind, _, index = device.partition(":")  # LitServe's "cpu" or "cuda:N"
+        config = self.config
         self.model = faster_whisper.WhisperModel(
-            model_path(self.config.model),
+            model_path(config.model),
             device=kind,
             device_index=int(index or 0),
-            compute_type=compute_type,
-            cpu_threads=threads,
-            num_workers=parallel,
-            download_root=self.config.download_root or None,
+            compute_type=config.compute_type,
+            cpu_threads=config.cpu_threads,
+            num_workers=config.parallel,
+            download_root=config.download_root or None,
         )
         # One thread per batch slot: CTranslate2 runs `parallel` of them at a time, the rest queue.
-        self.pool = ThreadPoolExecutor(max_workers=max(self.config.max_batch_size, parallel))
+        self.pool = ThreadPoolExecutor(max_workers=max(config.max_batch_size, config.parallel))
         logger.info(
-            "loaded %s on %s (%s, %d workers x %d threads)", self.config.model, device, compute_type, parallel, threads
+            "loaded %s on %s (%s, %d workers x %d threads)",
+            config.model,
+            device,
+            config.compute_type,
+            config.parallel,
+            config.cpu_threads,
         )
 
     def transcribe_batch(self, jobs: list[TranscriptionJob]) -> Iterator[Step]:
@@ -189,11 +199,11 @@ def _segment(s: faster_whisper.transcribe.Segment) -> Segment:
 
 
 def main(argv: list[str] | None = None) -> None:
-    config = load(FasterWhisperConfig, "faster_whisper", argv)
+    config = resolve_auto(load(FasterWhisperConfig, "faster_whisper", argv))
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     api = FasterWhisperAPI(config, model_card(config))
     devices: int | str = int(config.devices) if config.devices.isdigit() else config.devices
-    serve(api, config, accelerator(config), devices, config.workers_per_device)
+    serve(api, config, config.device, devices, config.workers_per_device)
 
 
 if __name__ == "__main__":

@@ -112,7 +112,7 @@ class OpenAIAudioSpec(LitSpec):
     async def get_model(self, model_id: str) -> dict[str, Any]:
         if model_id not in self.model.names:
             raise _unknown_model(model_id)
-        return self._model_entry(model_id)
+        return {**self._model_entry(model_id), "config": self.model.settings}
 
     # ---- request handling ---------------------------------------------------------------------
     async def _handle(

@@ -1,0 +1,112 @@
+"""The model registry: which models the router can serve, from which source, by which family server.
+
+One YAML file (configs/models.yaml) lists the models. Each entry names its family (the server script
+that runs it), its source (a Hugging Face repo id, a local path, or `bundled`), the aliases clients
+may send as `model`, what it can do, and per-model options passed to the family server as
+`--<option> value` (device, compute_type, max_batch_size, workers_per_device, ...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+FAMILY_SCRIPTS = {
+    "faster-whisper": "servers/faster_whisper.py",
+    "nemo": "servers/nemo.py",
+    "onnx": "servers/onnx.py",
+}
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    id: str
+    family: str
+    source: str
+    aliases: tuple[str, ...] = ()
+    options: dict[str, Any] = field(default_factory=dict)
+    languages: tuple[str, ...] | None = None  # None: every language the family knows
+    translate: bool = False
+    stream: bool = True
+    word_timestamps: bool = True
+    description: str = ""
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.id, *self.aliases)
+
+    @property
+    def script(self) -> Path:
+        return REPO / FAMILY_SCRIPTS[self.family]
+
+    @property
+    def is_hub_repo(self) -> bool:
+        return self.source != "bundled" and "/" in self.source and not Path(self.source).exists()
+
+    def server_args(self) -> list[str]:
+        """The family server's command-line options that make it serve this entry."""
+        args = ["--model", self.source, "--name", self.id, "--aliases", ",".join(self.aliases)]
+        for key, value in self.options.items():
+            text = (
+                ",".join(map(str, value))
+                if isinstance(value, list)
+                else str(value).lower()
+                if isinstance(value, bool)
+                else str(value)
+            )
+            args += [f"--{key.replace('_', '-')}", text]
+        return args
+
+
+@dataclass(frozen=True)
+class Registry:
+    default: str
+    models: dict[str, ModelEntry]
+
+    def resolve(self, name: str) -> ModelEntry | None:
+        """The entry whose id or alias is `name`."""
+        return self._names().get(name)
+
+    def _names(self) -> dict[str, ModelEntry]:
+        return {name: entry for entry in self.models.values() for name in entry.names}
+
+    @classmethod
+    def load(cls, path: Path) -> Registry:
+        data = yaml.safe_load(path.read_text()) or {}
+        models: dict[str, ModelEntry] = {}
+        seen: dict[str, str] = {}
+        for raw in data.get("models", []):
+            entry = _entry(raw, path)
+            for name in entry.names:
+                if name in seen:
+                    raise ValueError(f"{path}: '{name}' names both {seen[name]} and {entry.id}")
+                seen[name] = entry.id
+            models[entry.id] = entry
+        default = data.get("default", "")
+        if default not in models:
+            raise ValueError(f"{path}: the default model '{default}' is not in the registry")
+        return cls(default, models)
+
+
+def _entry(raw: dict[str, Any], path: Path) -> ModelEntry:
+    unknown = set(raw) - set(ModelEntry.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"{path}: model {raw.get('id')!r} has unknown keys {sorted(unknown)}")
+    if raw.get("family") not in FAMILY_SCRIPTS:
+        raise ValueError(
+            f"{path}: model {raw.get('id')!r} has family {raw.get('family')!r}, "
+            f"expected one of {sorted(FAMILY_SCRIPTS)}"
+        )
+    languages = raw.get("languages")
+    return ModelEntry(
+        **{
+            **raw,
+            "aliases": tuple(raw.get("aliases", ())),
+            "languages": None if languages in (None, "all") else tuple(languages),
+            "options": dict(raw.get("options") or {}),
+        }
+    )

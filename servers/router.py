@@ -1,0 +1,393 @@
+"""The router: one endpoint for every model. `python servers/router.py [--option value ...]`.
+
+Clients talk only to the router. It proxies `/v1/audio/transcriptions` and `/v1/audio/translations`
+by the `model` form field to the family server that serves that model (streaming SSE through as it
+arrives), lists the registry at `/v1/models`, and manages models in Ollama's style: `/api/ps` to list,
+load and unload family server processes, `/api/pull` to download weights. Options come from
+configs/router.yaml, OPEN_SPEECH_* variables and the command line (see `common.config`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+import logging
+import secrets
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if __name__ == "__main__":
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+import httpx
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import Response, StreamingResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from common import pull
+from common.config import load
+from common.errors import ApiError, install_error_handlers
+from common.languages import LANGUAGES
+from common.registry import REPO, ModelEntry, Registry
+from common.serving import UploadLimit
+from common.supervisor import ModelServer, Supervisor
+from common.upload import SpooledUpload, spool
+
+logger = logging.getLogger("open_speech.router")
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+CREATED = int(time.time())
+HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "date", "server"}
+
+
+@dataclass
+class RouterConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    registry: str = "configs/models.yaml"
+    preload_default: bool = True
+    keep_alive: float = 300.0
+    load_on_request: str = "wait"
+    load_timeout: float = 600.0
+    api_key: str = ""
+    cors_origins: list[str] = field(default_factory=list)
+    max_upload_mb: float = 100.0
+    log_level: str = "info"
+
+
+class RequestId:
+    """Tag every request with an id (the client's X-Request-ID, or a new one): in logs and responses."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode(errors="replace")[:64]
+        rid = incoming or uuid.uuid4().hex[:16]
+        token = request_id.set(rid)
+
+        async def send_with_id(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            request_id.reset(token)
+
+
+class _RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id.get()
+        return True
+
+
+class Router:
+    def __init__(self, config: RouterConfig) -> None:
+        self.config = config
+        self.registry = Registry.load(REPO / config.registry)  # relative paths: from the repository root
+        self.supervisor = Supervisor(self.registry.default, config.keep_alive, config.load_timeout)
+        self.http = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=5), limits=httpx.Limits(max_connections=None))
+
+    def app(self) -> FastAPI:
+        app = FastAPI(title="open-speech router", lifespan=self.lifespan)
+        install_error_handlers(app)
+        app.add_api_route("/health", self.health, methods=["GET"])
+        app.add_api_route("/v1/audio/transcriptions", self.transcriptions, methods=["POST"])
+        app.add_api_route("/v1/audio/translations", self.translations, methods=["POST"])
+        app.add_api_route("/v1/models", self.list_models, methods=["GET"])
+        app.add_api_route("/v1/models/{model:path}", self.get_model, methods=["GET"])
+        app.add_api_route("/api/ps", self.ps, methods=["GET"])
+        app.add_api_route("/api/ps/{model:path}", self.load_model, methods=["POST"])
+        app.add_api_route("/api/ps/{model:path}", self.unload_model, methods=["DELETE"])
+        app.add_api_route("/api/pull/{model:path}", self.pull, methods=["POST"])
+        app.add_middleware(UploadLimit, max_bytes=int(self.config.max_upload_mb * 1_000_000))
+        if self.config.api_key:
+            app.add_middleware(BearerAuth, key=self.config.api_key)
+        if self.config.cors_origins:
+            app.add_middleware(
+                CORSMiddleware,
+                allow_origins=self.config.cors_origins,
+                allow_methods=["*"],
+                allow_headers=["*"],
+                expose_headers=["x-request-id"],
+            )
+        app.add_middleware(RequestId)
+        return app
+
+    @asynccontextmanager
+    async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
+        expiry = asyncio.create_task(self.supervisor.expire_idle())
+        if self.config.preload_default:
+            await self.supervisor.load(self.registry.models[self.registry.default])
+        try:
+            yield
+        finally:
+            expiry.cancel()
+            await self.supervisor.shutdown()
+            await self.http.aclose()
+
+    # ---- health and models ----------------------------------------------------------------------
+    async def health(self) -> dict[str, Any]:
+        """The router is alive; `models` tells which loaded models are ready."""
+        return {
+            "status": "ok",
+            "models": {s.entry.id: "ready" for s in self.supervisor.servers.values()}
+            | {model: "loading" for model in self.supervisor.loading},
+        }
+
+    async def list_models(self) -> dict[str, Any]:
+        return {"object": "list", "data": [self._model_entry(e) for e in self.registry.models.values()]}
+
+    async def get_model(self, model: str) -> dict[str, Any]:
+        entry = self._entry(model)
+        server = self.supervisor.servers.get(entry.id)
+        details = self._model_entry(entry)
+        details["config"] = server.config if server else {"source": entry.source, **entry.options}
+        return details
+
+    def _model_entry(self, entry: ModelEntry) -> dict[str, Any]:
+        return {
+            "id": entry.id,
+            "object": "model",
+            "created": CREATED,
+            "owned_by": "open-speech",
+            "family": entry.family,
+            "source": entry.source,
+            "aliases": list(entry.aliases),
+            "description": entry.description,
+            "loaded": entry.id in self.supervisor.servers,
+            "downloaded": _downloaded(entry),
+            "languages": list(entry.languages) if entry.languages is not None else sorted(LANGUAGES),
+            "capabilities": {
+                "translate": entry.translate,
+                "stream": entry.stream,
+                "word_timestamps": entry.word_timestamps,
+            },
+        }
+
+    def _entry(self, model: str) -> ModelEntry:
+        entry = self.registry.resolve(model)
+        if entry is None:
+            raise ApiError(
+                404, f"The model '{model}' does not exist; see /v1/models.", param="model", code="model_not_found"
+            )
+        return entry
+
+    # ---- /api/ps ------------------------------------------------------------------------------
+    async def ps(self) -> dict[str, Any]:
+        return {"models": [self._ps_entry(s) for s in self.supervisor.servers.values()]}
+
+    def _ps_entry(self, server: ModelServer) -> dict[str, Any]:
+        expires = self.supervisor.expires_at(server)
+        return {
+            "id": server.entry.id,
+            "family": server.entry.family,
+            "pid": server.process.pid,
+            "port": server.port,
+            "device": server.config.get("device", server.entry.options.get("device", "auto")),
+            "memory": server.memory(),
+            "in_flight": server.in_flight,
+            "loaded_at": _iso(server.loaded_at),
+            "expires_at": _iso(expires) if expires is not None else None,
+        }
+
+    async def load_model(self, model: str) -> dict[str, Any]:
+        entry = self._entry(model)
+        if entry.id in self.supervisor.loading:
+            raise ApiError(409, f"Model '{entry.id}' is already loading.", param="model", code="model_loading")
+        return self._ps_entry(await self.supervisor.load(entry))
+
+    async def unload_model(self, model: str) -> dict[str, Any]:
+        entry = self._entry(model)
+        if not await self.supervisor.unload(entry.id):
+            raise ApiError(404, f"Model '{entry.id}' is not loaded.", param="model", code="model_not_loaded")
+        return {"id": entry.id, "status": "unloaded"}
+
+    # ---- /api/pull ----------------------------------------------------------------------------
+    async def pull(self, model: str) -> Response:
+        """Download a registry model (or any `owner/name` hub repo) into the HF cache; NDJSON progress."""
+        entry = self.registry.resolve(model)
+        if entry is not None and not entry.is_hub_repo:
+            return _ndjson_response(_one({"status": "success"}))
+        repo_id = entry.source if entry is not None else model
+        try:
+            pull.validate_repo_id(repo_id)
+        except pull.PullError as exc:
+            raise ApiError(exc.status, str(exc), param="model", code="invalid_model_id") from None
+        return _ndjson_response(_in_thread(lambda: pull.pull(repo_id)))
+
+    # ---- the audio routes ---------------------------------------------------------------------
+    async def transcriptions(self, request: Request) -> Response:
+        return await self._proxy(request, "/v1/audio/transcriptions")
+
+    async def translations(self, request: Request) -> Response:
+        return await self._proxy(request, "/v1/audio/translations")
+
+    async def _proxy(self, request: Request, path: str) -> Response:
+        upload = await spool(request)
+        try:
+            model = upload.fields.get("model")
+            if not model:
+                raise ApiError(
+                    422, "Missing required parameter: 'model'.", param="model", code="missing_required_parameter"
+                )
+            server = await self._server_for(self._entry(model))
+        except BaseException:
+            upload.close()
+            raise
+        server.acquire()
+        try:
+            response = await self.http.send(self._forward(request, server, path, upload), stream=True)
+        except httpx.TransportError as exc:
+            server.release()
+            upload.close()
+            raise self._unavailable(server, exc) from None
+        headers = {k: v for k, v in response.headers.items() if k.lower() not in HOP_BY_HOP}
+        return StreamingResponse(
+            self._relay(response, server, upload),
+            status_code=response.status_code,
+            headers=headers,
+        )
+
+    async def _server_for(self, entry: ModelEntry) -> ModelServer:
+        server = self.supervisor.servers.get(entry.id)
+        if server is not None and server.alive and not server.stopping:
+            return server
+        if self.config.load_on_request == "reject":
+            self.supervisor.load_in_background(entry)
+            raise ApiError(
+                503,
+                f"Model '{entry.id}' is loading; retry shortly.",
+                code="model_loading",
+                headers={"Retry-After": "10"},
+            )
+        return await self.supervisor.load(entry)
+
+    def _forward(self, request: Request, server: ModelServer, path: str, upload: SpooledUpload) -> httpx.Request:
+        headers = {
+            "content-type": upload.content_type,
+            "content-length": str(upload.size),
+            "x-request-id": request_id.get(),
+        }
+        return self.http.build_request("POST", server.url + path, content=upload.chunks(), headers=headers)
+
+    async def _relay(
+        self, response: httpx.Response, server: ModelServer, upload: SpooledUpload
+    ) -> AsyncIterator[bytes]:
+        """The family server's bytes as they arrive; a server that dies mid-stream ends it with an error."""
+        try:
+            async for chunk in response.aiter_raw():
+                yield chunk
+        except httpx.TransportError as exc:
+            error = self._unavailable(server, exc)
+            if response.headers.get("content-type", "").startswith("text/event-stream"):
+                yield f"data: {json.dumps(error.body())}\n\n".encode()
+            logger.error("%s", error.message)
+        finally:
+            await response.aclose()
+            server.release()
+            upload.close()
+
+    def _unavailable(self, server: ModelServer, exc: Exception) -> ApiError:
+        logger.error("model server %s failed during a request: %r", server.entry.id, exc)
+        return ApiError(
+            503,
+            f"The server for model '{server.entry.id}' stopped unexpectedly; it will be restarted on the next request.",
+            code="model_unavailable",
+            headers={"Retry-After": "1"},
+        )
+
+
+class BearerAuth:
+    """`Authorization: Bearer <key>` on every route but /health, in OpenAI's error shape when wrong."""
+
+    def __init__(self, app: ASGIApp, key: str) -> None:
+        self.app = app
+        self.key = key.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] != "/health" and scope["method"] != "OPTIONS":
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not secrets.compare_digest(given, b"Bearer " + self.key):
+                error = ApiError(
+                    401, "Incorrect or missing API key: send 'Authorization: Bearer <key>'.", code="invalid_api_key"
+                )
+                await error.response()(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _downloaded(entry: ModelEntry) -> bool:
+    if entry.source == "bundled":
+        return True
+    if not entry.is_hub_repo:
+        return Path(entry.source).exists()
+    return pull.is_cached(entry.source)
+
+
+def _iso(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+
+
+async def _one(item: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    yield item
+
+
+async def _in_thread(make_iterator: Any) -> AsyncIterator[dict[str, Any]]:
+    """Drive a blocking iterator (huggingface_hub downloads) in a thread, yielding its items here."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+    def run() -> None:
+        try:
+            for item in make_iterator():
+                loop.call_soon_threadsafe(queue.put_nowait, ("item", item))
+        except Exception as exc:
+            loop.call_soon_threadsafe(queue.put_nowait, ("error", exc))
+        loop.call_soon_threadsafe(queue.put_nowait, ("end", None))
+
+    loop.run_in_executor(None, run)
+    while True:
+        kind, value = await queue.get()
+        if kind == "end":
+            return
+        if kind == "error":
+            status = getattr(value, "status", 500)
+            yield {"status": "error", "error": str(value), "code": status}
+            return
+        yield value
+
+
+def _ndjson_response(items: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
+    async def lines() -> AsyncIterator[bytes]:
+        async for item in items:
+            yield (json.dumps(item) + "\n").encode()
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+
+def main(argv: list[str] | None = None) -> None:
+    config = load(RouterConfig, "router", argv)
+    handler = logging.StreamHandler()
+    handler.addFilter(_RequestIdFilter())
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"))
+    logging.basicConfig(level=config.log_level.upper(), handlers=[handler])
+    app = Router(config).app()
+    uvicorn.run(app, host=config.host, port=config.port, log_level=config.log_level, timeout_graceful_shutdown=30)
+
+
+if __name__ == "__main__":
+    main()
