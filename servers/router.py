@@ -17,7 +17,7 @@ import secrets
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -218,16 +218,24 @@ class Router:
 
     # ---- /api/pull ----------------------------------------------------------------------------
     async def pull(self, model: str) -> Response:
-        """Download a registry model (or any `owner/name` hub repo) into the HF cache; NDJSON progress."""
+        """Download a registry model (or any `owner/name` hub repo) into the HF cache; NDJSON progress.
+
+        The manifest is fetched before the response starts, so an unknown repository or an unreachable
+        hub keeps its HTTP status (404, 502); a failure during the download ends the stream with an
+        `{"status": "error"}` line.
+        """
         entry = self.registry.resolve(model)
         if entry is not None and not entry.is_hub_repo:
-            return _ndjson_response(_one({"status": "success"}))
+            return _ndjson_response([{"status": "success"}], _empty())
         repo_id = entry.source if entry is not None else model
         try:
-            pull.validate_repo_id(repo_id)
+            events = _in_thread(pull.pull(repo_id))
+            first = [await anext(events)]
+            if first[0]["status"] == "pulling manifest":
+                first.append(await anext(events))
         except pull.PullError as exc:
-            raise ApiError(exc.status, str(exc), param="model", code="invalid_model_id") from None
-        return _ndjson_response(_in_thread(lambda: pull.pull(repo_id)))
+            raise ApiError(exc.status, exc.message, param="model", code="pull_failed") from None
+        return _ndjson_response(first, events)
 
     # ---- the audio routes ---------------------------------------------------------------------
     async def transcriptions(self, request: Request) -> Response:
@@ -342,39 +350,27 @@ def _iso(timestamp: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
 
 
-async def _one(item: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-    yield item
+async def _empty() -> AsyncIterator[dict[str, Any]]:
+    return
+    yield
 
 
-async def _in_thread(make_iterator: Any) -> AsyncIterator[dict[str, Any]]:
-    """Drive a blocking iterator (huggingface_hub downloads) in a thread, yielding its items here."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-
-    def run() -> None:
-        try:
-            for item in make_iterator():
-                loop.call_soon_threadsafe(queue.put_nowait, ("item", item))
-        except Exception as exc:
-            loop.call_soon_threadsafe(queue.put_nowait, ("error", exc))
-        loop.call_soon_threadsafe(queue.put_nowait, ("end", None))
-
-    loop.run_in_executor(None, run)
-    while True:
-        kind, value = await queue.get()
-        if kind == "end":
-            return
-        if kind == "error":
-            status = getattr(value, "status", 500)
-            yield {"status": "error", "error": str(value), "code": status}
-            return
-        yield value
+async def _in_thread(iterator: Iterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    """Drive a blocking iterator (huggingface_hub downloads) in a thread, one item at a time."""
+    done = object()
+    while (item := await asyncio.to_thread(next, iterator, done)) is not done:
+        yield item
 
 
-def _ndjson_response(items: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
+def _ndjson_response(first: list[dict[str, Any]], rest: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
     async def lines() -> AsyncIterator[bytes]:
-        async for item in items:
+        for item in first:
             yield (json.dumps(item) + "\n").encode()
+        try:
+            async for item in rest:
+                yield (json.dumps(item) + "\n").encode()
+        except pull.PullError as exc:
+            yield (json.dumps({"status": "error", "error": exc.message, "code": exc.status}) + "\n").encode()
 
     return StreamingResponse(lines(), media_type="application/x-ndjson")
 

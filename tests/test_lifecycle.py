@@ -25,5 +25,6 @@ def test_sigterm_stops_every_process_and_frees_the_port() -> None:
         time.sleep(0.2)
     else:
         raise AssertionError("processes of the server outlived SIGTERM")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", server.port))  # nobody keeps the port
+    with socket.socket() as s:  # no listener keeps the port (TIME_WAIT connections may remain)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", server.port))
