@@ -1,4 +1,4 @@
-# open-speech, CPU image: the faster-whisper family on its embedded default model.
+# open-speech, CPU image: the router with the faster-whisper family, embedded default model loaded.
 #   docker build -t open-speech .   &&   docker run -p 8000:8000 open-speech
 # The install steps live in .ci/setup.sh, which CI runs too.
 FROM python:3.11-slim-bookworm AS cpu
@@ -26,5 +26,5 @@ VOLUME ["/data/huggingface"]
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
     CMD ["/app/.venv/bin/python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health')"]
-# The server handles SIGTERM itself (clean shutdown of its worker processes).
-CMD ["/app/.venv/bin/python", "servers/faster_whisper.py"]
+# The router handles SIGTERM itself: it stops every family server it started, then exits.
+CMD ["/app/.venv/bin/python", "servers/router.py"]
