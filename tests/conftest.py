@@ -17,24 +17,21 @@ MAX_AUDIO_SECONDS = 120
 @pytest.fixture(scope="session")
 def whisper_server() -> Iterator[ServerProcess]:
     """The faster-whisper family on its embedded default (bundled tiny.en)."""
-    server = ServerProcess(
+    with ServerProcess(
         "servers/faster_whisper.py",
         "--max-upload-mb",
         str(MAX_UPLOAD_MB),
         "--max-audio-seconds",
         str(MAX_AUDIO_SECONDS),
         name="faster-whisper",
-    )
-    try:
-        yield server.wait_healthy()
-    finally:
-        server.stop()
+    ) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
 def multilingual_server() -> Iterator[ServerProcess]:
     """Whisper base, multilingual: language detection and translation."""
-    server = ServerProcess(
+    with ServerProcess(
         "servers/faster_whisper.py",
         "--model",
         str(multilingual_whisper()),
@@ -43,11 +40,8 @@ def multilingual_server() -> Iterator[ServerProcess]:
         "--beam-size",
         "1",
         name="whisper-base",
-    )
-    try:
-        yield server.wait_healthy()
-    finally:
-        server.stop()
+    ) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

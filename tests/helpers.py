@@ -22,6 +22,22 @@ CACHE = REPO / ".cache"
 
 _normalize = EnglishTextNormalizer()
 
+# OpenAI's verbose_json segment fields.
+SEGMENT_FIELDS = frozenset(
+    {
+        "id",
+        "seek",
+        "start",
+        "end",
+        "text",
+        "tokens",
+        "temperature",
+        "avg_logprob",
+        "compression_ratio",
+        "no_speech_prob",
+    }
+)
+
 
 @dataclass(frozen=True)
 class Clip:
@@ -93,6 +109,12 @@ class ServerProcess:
                 pass
             time.sleep(0.3)
         raise TimeoutError(f"server not healthy after {timeout}s:\n{self.log()}")
+
+    def __enter__(self) -> ServerProcess:
+        return self.wait_healthy()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-5000:]

@@ -2,6 +2,7 @@
 
 from common.formats import render, timestamp
 from common.transcript import Segment, Transcript, Word
+from tests.helpers import SEGMENT_FIELDS
 
 
 def transcript() -> Transcript:
@@ -42,18 +43,7 @@ def test_verbose_json_fields() -> None:
     body = render(transcript(), "verbose_json", granularities=frozenset({"word", "segment"}))
     assert set(body) == {"task", "language", "duration", "text", "segments", "words", "usage"}
     assert body["language"] == "english"
-    assert set(body["segments"][0]) == {
-        "id",
-        "seek",
-        "start",
-        "end",
-        "text",
-        "tokens",
-        "temperature",
-        "avg_logprob",
-        "compression_ratio",
-        "no_speech_prob",
-    }
+    assert set(body["segments"][0]) == SEGMENT_FIELDS
     assert body["words"] == [{"word": "Fish", "start": 0.0, "end": 0.4}]
     words_only = render(transcript(), "verbose_json", granularities=frozenset({"word"}))
     assert "segments" not in words_only and "words" in words_only

@@ -255,34 +255,60 @@ def _wait_in_flight(router: ServerProcess, model: str) -> None:
     time.sleep(0.5)  # inside the family server by now
 
 
-def test_idle_models_unload_after_keep_alive_and_api_key(tmp_path: Path) -> None:
+def test_second_router_with_keep_alive_api_key_cors_and_load_on_request_reject(tmp_path: Path) -> None:
     registry = write_registry(tmp_path, REGISTRY)
-    server = ServerProcess(
+    options = ["--keep-alive", "1", "--load-on-request", "reject", "--cors-origins", "http://app.example"]
+    with ServerProcess(
         "servers/router.py",
         "--registry",
         str(registry),
-        "--keep-alive",
-        "1",
+        *options,
         env={"OPEN_SPEECH_API_KEY": "sk-test"},
         name="router-ttl",
-    ).wait_healthy()
-    try:
+    ) as server:
         auth = {"Authorization": "Bearer sk-test"}
-        assert httpx.get(server.url + "/health").status_code == 200  # health needs no key
+
+        def loaded() -> list[str]:
+            return [m["id"] for m in httpx.get(server.url + "/api/ps", headers=auth).json()["models"]]
+
+        # API key: every route but /health.
+        assert httpx.get(server.url + "/health").status_code == 200
         refused = httpx.get(server.url + "/v1/models")
         assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
         assert httpx.get(server.url + "/api/ps", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        # CORS for the configured origin; a request id on every response, the client's when it sends one.
+        preflight = httpx.options(
+            server.url + "/v1/audio/transcriptions",
+            headers={
+                "Origin": "http://app.example",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization",
+            },
+        )
+        assert preflight.headers["access-control-allow-origin"] == "http://app.example"
+        assert len(httpx.get(server.url + "/v1/models", headers=auth).headers["x-request-id"]) >= 8
+        echoed = httpx.get(server.url + "/v1/models", headers={**auth, "X-Request-ID": "client-42"})
+        assert echoed.headers["x-request-id"] == "client-42"
+
+        # load_on_request=reject: 503 with Retry-After while the model loads in the background.
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="sk-test", max_retries=0)
-        assert transcribe(client, "fast", DEV[0])
-        loaded = httpx.get(server.url + "/api/ps", headers=auth).json()["models"]
-        assert {m["id"]: m["expires_at"] is None for m in loaded} == {"tiny.en": True, "tiny-greedy": False}
+        with pytest.raises(openai.APIStatusError) as error:
+            transcribe(client, "fast", DEV[0])
+        assert error.value.status_code == 503 and error.value.response.headers["retry-after"]
+        deadline = time.monotonic() + 60
+        while "tiny-greedy" not in loaded():
+            assert time.monotonic() < deadline, "the background load never finished"
+            time.sleep(0.2)
+        assert transcribe(client, "fast", DEV[0]) == inprocess_text(DEV[0], 1)
+
+        # keep_alive: the idle model unloads, the default stays.
+        expiry = {m["id"]: m["expires_at"] for m in httpx.get(server.url + "/api/ps", headers=auth).json()["models"]}
+        assert expiry["tiny.en"] is None and expiry["tiny-greedy"] is not None
         deadline = time.monotonic() + 30
-        while "tiny-greedy" in {m["id"] for m in httpx.get(server.url + "/api/ps", headers=auth).json()["models"]}:
+        while "tiny-greedy" in loaded():
             assert time.monotonic() < deadline, "idle model never unloaded"
             time.sleep(0.5)
-        assert [m["id"] for m in httpx.get(server.url + "/api/ps", headers=auth).json()["models"]] == ["tiny.en"]
-    finally:
-        server.stop()
+        assert loaded() == ["tiny.en"]
 
 
 def test_sigterm_stops_the_router_and_every_model_server(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import pytest
 from faster_whisper import WhisperModel, decode_audio
 
 from servers.faster_whisper import FALLBACK_TEMPERATURES, model_path
-from tests.helpers import Clip, convert, corpus, normalize, wer
+from tests.helpers import SEGMENT_FIELDS, Clip, convert, corpus, normalize, wer
 
 DEV = corpus("dev")
 LONG_CLIP = max(DEV, key=lambda c: c.duration)  # long enough for several Whisper segments
@@ -69,22 +69,10 @@ def test_verbose_json_has_openai_fields_and_ordered_timestamps(client: openai.Op
     body = result.model_dump()
     assert body["language"] == "english" and body["task"] == "transcribe"
     assert abs(body["duration"] - LONG_CLIP.duration) < 0.05
-    segment_fields = {
-        "id",
-        "seek",
-        "start",
-        "end",
-        "text",
-        "tokens",
-        "temperature",
-        "avg_logprob",
-        "compression_ratio",
-        "no_speech_prob",
-    }
     assert len(result.segments) >= 2
     previous_end = 0.0
     for i, segment in enumerate(body["segments"]):
-        assert segment_fields <= set(segment) and segment["id"] == i
+        assert set(segment) == SEGMENT_FIELDS and segment["id"] == i
         assert isinstance(segment["tokens"], list) and segment["tokens"]
         assert previous_end <= segment["start"] <= segment["end"] <= body["duration"] + 0.01
         previous_end = segment["start"]
