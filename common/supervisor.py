@@ -130,8 +130,10 @@ class Supervisor:
         port = _free_port()
         command = [sys.executable, str(entry.script), "--host", "127.0.0.1", "--port", str(port), *entry.server_args()]
         logger.info("loading %s: %s", entry.id, " ".join(command))
+        # The router's own config file is not the family server's; OPEN_SPEECH_* options pass through.
+        env = {k: v for k, v in os.environ.items() if k != "OPEN_SPEECH_CONFIG"}
         process = await asyncio.create_subprocess_exec(
-            *command, start_new_session=True, preexec_fn=_die_with_parent, stdin=asyncio.subprocess.DEVNULL
+            *command, env=env, start_new_session=True, preexec_fn=_die_with_parent, stdin=asyncio.subprocess.DEVNULL
         )
         server = ModelServer(entry, port, process)
         server.idle.set()
