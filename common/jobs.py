@@ -26,6 +26,7 @@ class TranscriptionJob:
     prompt: str | None = None
     temperature: float | None = None  # None: the family's default (Whisper: fallback 0.0 … 1.0)
     word_timestamps: bool = False
+    stream: bool = False  # the client streams: families that can decode incrementally do so
     options: dict[str, Any] = field(default_factory=dict)  # family-specific extras
 
     @property

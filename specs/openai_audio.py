@@ -76,6 +76,7 @@ class OpenAIAudioSpec(LitSpec):
         timestamp_granularities: list[str] | None = Form(None, alias="timestamp_granularities[]"),
         stream: str | None = Form(None),
         include: list[str] | None = Form(None, alias="include[]"),
+        target_language: str | None = Form(None, description="Models that translate: the output language."),
     ) -> Response:
         return await self._handle(
             request,
@@ -89,6 +90,7 @@ class OpenAIAudioSpec(LitSpec):
             timestamp_granularities,
             stream,
             include,
+            target_language,
         )
 
     async def translations(
@@ -101,9 +103,21 @@ class OpenAIAudioSpec(LitSpec):
         temperature: str | None = Form(None),
         language: str | None = Form(None, description="Optional hint: the spoken language (output is English)."),
         stream: str | None = Form(None),
+        target_language: str | None = Form(None, description="Models that translate: the output language (en)."),
     ) -> Response:
         return await self._handle(
-            request, file, model, "translate", language, prompt, response_format, temperature, None, stream, None
+            request,
+            file,
+            model,
+            "translate",
+            language,
+            prompt,
+            response_format,
+            temperature,
+            None,
+            stream,
+            None,
+            target_language,
         )
 
     async def list_models(self) -> dict[str, Any]:
@@ -128,11 +142,13 @@ class OpenAIAudioSpec(LitSpec):
         granularities: list[str] | None,
         stream: str | None,
         include: list[str] | None,
+        target_language: str | None,
     ) -> Response:
         form = _Form.parse(response_format, temperature, granularities, stream, include, language)
+        target = _parse_language(target_language, "target_language")
         if model not in self.model.names:
             raise _unknown_model(model)
-        self._check_capabilities(task, form)
+        self._check_capabilities("translate" if target else task, form)
         if not self._ready():
             raise ApiError(
                 503, "The model is still loading; retry shortly.", code="model_not_ready", headers={"Retry-After": "2"}
@@ -145,6 +161,8 @@ class OpenAIAudioSpec(LitSpec):
             prompt=prompt or None,
             temperature=form.temperature,
             word_timestamps="word" in form.granularities or form.logprobs,
+            stream=form.stream,
+            options={"target_language": target} if target else {},
         )
         events = self._submit(job)
         first = await _next_event(events)  # errors surface here, before any byte is sent
@@ -352,15 +370,15 @@ def _parse_bool(value: str | None, name: str) -> bool:
     raise ApiError(400, f"Invalid {name} '{value}'; expected true or false.", param=name, code="invalid_value")
 
 
-def _parse_language(value: str | None) -> str | None:
+def _parse_language(value: str | None, param: str = "language") -> str | None:
     if not value:
         return None
     code = value.strip().lower()
     if code not in LANGUAGES:
         raise ApiError(
             400,
-            f"Invalid language '{value}'; expected an ISO-639-1 code such as 'en'.",
-            param="language",
+            f"Invalid {param} '{value}'; expected an ISO-639-1 code such as 'en'.",
+            param=param,
             code="invalid_language",
         )
     return code

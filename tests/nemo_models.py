@@ -91,6 +91,18 @@ def _seeded(seed: int) -> Iterator[None]:
         yield
 
 
+@contextmanager
+def _workdir(folder: Path) -> Iterator[Path]:
+    """A scratch folder inside ``folder`` (created if needed) for tokenizer training; removed afterwards.
+
+    ``save_to`` copies the tokenizer files into the archive, so nothing outside it needs to survive.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder) as work:
+        yield Path(work)
+
+
 def _train_tokenizer(folder: Path, sentences: list[str], vocab_size: int) -> Path:
     """Trains a small SentencePiece model; returns the folder holding ``tokenizer.model``."""
     from nemo.collections.common.tokenizers.sentencepiece_tokenizer import create_spt_model
@@ -132,6 +144,8 @@ def _encoder(**overrides: Any) -> dict[str, Any]:
         "feat_out": -1,
         "n_layers": 2,
         "d_model": _D_MODEL,
+        # No biases in attention / feed-forward / conv modules. NeMo 3.0's change_attention_model() then builds
+        # the new attention layers *with* randomly initialised biases: tests of long-audio mode can catch that.
         "use_bias": False,
         "subsampling": "dw_striding",
         "subsampling_factor": SUBSAMPLING_FACTOR,
@@ -201,11 +215,27 @@ def _transducer_cfg(tokenizer_dir: Path, encoder: dict[str, Any], normalize: str
     return cfg
 
 
+def _make_input_sensitive(model: Any) -> None:
+    """Re-initialises the weights of the encoder's convolutional subsampling with He init.
+
+    With NeMo's default init the subsampling output is dominated by its biases (the part that varies with the
+    input is ~10x smaller), so a random model emits the same token on every frame whatever the audio. After
+    this it emits varied gibberish, which makes batched-vs-single and streaming-vs-offline comparisons
+    meaningful. The (non-zero) biases are kept, as in a trained model.
+    """
+    import torch
+
+    for module in model.encoder.pre_encode.modules():
+        if isinstance(module, torch.nn.Conv2d | torch.nn.Conv1d | torch.nn.Linear):
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+
+
 def _save(model_cls: type, cfg: dict[str, Any], path: Path) -> Path:
     from omegaconf import OmegaConf
 
     with _seeded(_SEED):
         model = model_cls(cfg=OmegaConf.create(cfg))
+        _make_input_sensitive(model)
     model.eval()
     path.parent.mkdir(parents=True, exist_ok=True)
     model.save_to(str(path))
@@ -216,8 +246,8 @@ def build_tdt(folder: Path) -> Path:
     """Parakeet-TDT-like model: EncDecRNNTBPEModel with TDT loss and greedy_batch TDT decoding."""
     from nemo.collections.asr.models import EncDecRNNTBPEModel
 
-    with tempfile.TemporaryDirectory(dir=folder) as work:
-        tokenizer = _train_tokenizer(Path(work), _TEXTS["en"], vocab_size=64)
+    with _workdir(folder) as work:
+        tokenizer = _train_tokenizer(work, _TEXTS["en"], vocab_size=64)
         cfg = _transducer_cfg(tokenizer, _encoder(), normalize="per_feature", tdt=True)
         return _save(EncDecRNNTBPEModel, cfg, Path(folder) / "tiny-tdt.nemo")
 
@@ -227,7 +257,8 @@ def build_cache_aware_rnnt(folder: Path) -> Path:
 
     Causal subsampling and convolutions, chunked-limited attention with several [left, right] lookaheads
     (the first is the default; switch with ``encoder.set_default_att_context_size``), and no per-utterance
-    feature normalisation, which a stream cannot compute.
+    feature normalisation, which a stream cannot compute. Being random, it tends to emit bursts of
+    ``max_symbols`` (10) tokens per encoder frame.
     """
     from nemo.collections.asr.models import EncDecRNNTBPEModel
 
@@ -238,8 +269,8 @@ def build_cache_aware_rnnt(folder: Path) -> Path:
         conv_context_size="causal",
         conv_norm_type="layer_norm",
     )
-    with tempfile.TemporaryDirectory(dir=folder) as work:
-        tokenizer = _train_tokenizer(Path(work), _TEXTS["en"], vocab_size=64)
+    with _workdir(folder) as work:
+        tokenizer = _train_tokenizer(work, _TEXTS["en"], vocab_size=64)
         cfg = _transducer_cfg(tokenizer, encoder, normalize="NA", tdt=False)
         return _save(EncDecRNNTBPEModel, cfg, Path(folder) / "tiny-streaming-rnnt.nemo")
 
@@ -248,8 +279,8 @@ def build_ctc(folder: Path) -> Path:
     """FastConformer CTC model: EncDecCTCModelBPE."""
     from nemo.collections.asr.models import EncDecCTCModelBPE
 
-    with tempfile.TemporaryDirectory(dir=folder) as work:
-        tokenizer = _train_tokenizer(Path(work), _TEXTS["en"], vocab_size=64)
+    with _workdir(folder) as work:
+        tokenizer = _train_tokenizer(work, _TEXTS["en"], vocab_size=64)
         cfg: dict[str, Any] = {
             "sample_rate": SAMPLE_RATE,
             "tokenizer": {"dir": str(tokenizer), "type": "bpe"},
@@ -276,14 +307,14 @@ def build_canary(folder: Path) -> Path:
     from nemo.collections.asr.models import EncDecMultiTaskModel
     from nemo.collections.common.tokenizers.canary_tokenizer import CANARY_SPECIAL_TOKENIZER, CanaryTokenizer
 
-    with tempfile.TemporaryDirectory(dir=folder) as work:
-        special_dir = Path(work) / CANARY_SPECIAL_TOKENIZER
+    with _workdir(folder) as work:
+        special_dir = work / CANARY_SPECIAL_TOKENIZER
         CanaryTokenizer.build_special_tokenizer(
             _CANARY2_SPECIAL_TOKENS + [f"<|{lang}|>" for lang in CANARY_LANGUAGES], special_dir
         )
         langs: dict[str, dict[str, str]] = {CANARY_SPECIAL_TOKENIZER: {"dir": str(special_dir), "type": "bpe"}}
         for lang in CANARY_LANGUAGES:
-            tokenizer = _train_tokenizer(Path(work) / lang, _TEXTS[lang], vocab_size=48)
+            tokenizer = _train_tokenizer(work / lang, _TEXTS[lang], vocab_size=48)
             langs[lang] = {"dir": str(tokenizer), "type": "bpe"}
 
         cfg: dict[str, Any] = {
@@ -356,7 +387,8 @@ def build_canary(folder: Path) -> Path:
             "decoding": {
                 "strategy": "beam",
                 "return_best_hypothesis": True,
-                # Random weights rarely emit <|endoftext|>: bound the output at encoder frames + 20 tokens.
+                # Random weights never emit <|endoftext|>, so every output runs to this bound: the longest
+                # encoder output in the batch + 20 tokens, prompt included.
                 "beam": {"beam_size": 1, "len_pen": 0.0, "max_generation_delta": 20},
             },
             "loss": {
@@ -370,8 +402,6 @@ def build_canary(folder: Path) -> Path:
 
 def build_all(folder: Path) -> dict[str, Path]:
     """Builds every tiny model into ``folder``; keys: "tdt", "streaming_rnnt", "canary", "ctc"."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     return {
         "tdt": build_tdt(folder),
         "streaming_rnnt": build_cache_aware_rnnt(folder),

@@ -51,7 +51,7 @@ REGISTRY = {
             "languages": ["en"],
             "options": {"beam_size": 1, "max_batch_size": 4},
         },
-        {"id": "tiny-unavailable", "family": "nemo", "source": "nvidia/not-here"},
+        {"id": "tiny-unavailable", "family": "onnx", "source": "nobody/not-here"},
         {"id": "pulled-tiny", "family": "faster-whisper", "source": HUB_REPO, "languages": ["en"]},
     ],
 }

@@ -1,0 +1,365 @@
+"""The NVIDIA NeMo family: `python servers/nemo.py --model nvidia/parakeet-tdt-0.6b-v2 [--option value ...]`.
+
+Serves one NeMo ASR model, from the Hugging Face cache (`from_pretrained`) or a local `.nemo` file
+(`restore_from`). Options come from configs/nemo.yaml, OPEN_SPEECH_* variables and the command line.
+
+- Parakeet and other transducer (TDT, RNNT, hybrid) and CTC models: the requests LitServe batches
+  together run as one padded batch through preprocessor -> encoder -> greedy batch decoding (with
+  CUDA graphs on GPU), with word and segment timestamps. Audio longer than `chunk_seconds` is cut
+  into windows decoded in the same batch, their times shifted back into place.
+- Canary (`EncDecMultiTaskModel`): one batch with a prompt per request: `language` is the source,
+  `/v1/audio/translations` targets English, the `target_language` form field any other language.
+- Cache-aware streaming models: `stream=true` requests are decoded chunk by chunk with
+  `conformer_stream_step` (see servers/nemo_streaming.py), several streams in one batch, each step's
+  new text sent as it is produced; other requests take the offline path.
+"""
+
+import sys
+from pathlib import Path
+
+if __name__ == "__main__":
+    # Run as a script, servers/ comes first on sys.path, where this file would shadow the nemo
+    # package: serve from the repository root instead.
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+import copy
+import logging
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+import torch
+from nemo.collections.asr.models import ASRModel, EncDecCTCModel, EncDecMultiTaskModel, EncDecRNNTModel
+from nemo.collections.asr.parts.utils.timestamp_utils import process_timestamp_outputs
+from nemo.utils import logging as nemo_logging
+from nemo.utils.model_utils import import_class_by_path
+from omegaconf import DictConfig, open_dict
+
+from common.audio import SAMPLE_RATE, AudioLimits
+from common.config import ServerConfig, load
+from common.family import FamilyAPI, Step
+from common.jobs import ModelCard, TranscriptionJob, error_event, info_event, segment_event
+from common.serving import serve
+from common.transcript import Segment, Word
+from servers.nemo_streaming import LiveStream, step_round
+from specs.openai_audio import OpenAIAudioSpec
+
+logger = logging.getLogger("open_speech.nemo")
+AED_CHUNK_SECONDS = 40.0  # Canary is trained on utterances up to 40 s
+FULL_ATTENTION_CHUNK_SECONDS = 600.0
+
+
+@dataclass
+class NemoConfig(ServerConfig):
+    model: str = ""
+    name: str = ""
+    aliases: list[str] = field(default_factory=list)
+    device: str = "auto"
+    devices: str = "auto"
+    workers_per_device: int = 1
+    dtype: str = "auto"
+    max_batch_size: int = 16
+    batch_timeout: float = 0.02
+    chunk_seconds: float = 0.0
+    lookahead_ms: int = 1120
+    pnc: bool = True
+
+
+def resolve_auto(config: NemoConfig) -> NemoConfig:
+    """Settle `auto`: CUDA when torch sees a GPU, with bfloat16 where supported (else float16); CPU float32."""
+    device = config.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = config.dtype
+    if dtype == "auto":
+        dtype = "float32" if device == "cpu" else "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return replace(config, device=device, dtype=dtype)
+
+
+def load_model(source: str, device: str) -> ASRModel:
+    """A local .nemo file through `restore_from`, else a Hugging Face id through `from_pretrained`."""
+    if source.endswith(".nemo") and Path(source).is_file():
+        return ASRModel.restore_from(source, map_location=device)
+    return ASRModel.from_pretrained(source, map_location=device)
+
+
+def read_config(source: str) -> DictConfig:
+    """The model's saved configuration, without loading its weights."""
+    if source.endswith(".nemo") and Path(source).is_file():
+        return ASRModel.restore_from(source, map_location="cpu", return_config=True)
+    return ASRModel.from_pretrained(source, map_location="cpu", return_config=True)
+
+
+def kind_of(cls: type) -> str:
+    if issubclass(cls, EncDecMultiTaskModel):
+        return "aed"
+    if issubclass(cls, EncDecRNNTModel):  # TDT, RNNT, and hybrid RNNT-CTC models (their RNNT head)
+        return "transducer"
+    if issubclass(cls, EncDecCTCModel):
+        return "ctc"
+    raise ValueError(f"unsupported NeMo model class {cls.__name__}")
+
+
+def is_cache_aware(cfg: DictConfig) -> bool:
+    return cfg.encoder.get("att_context_style") == "chunked_limited"
+
+
+def model_card(config: NemoConfig, cfg: DictConfig) -> ModelCard:
+    kind = kind_of(import_class_by_path(cfg.target))
+    languages = tuple(lang for lang in cfg.tokenizer.get("langs", {}) if lang != "spl_tokens")
+    return ModelCard(
+        id=config.name or Path(config.model).stem,
+        family="nemo",
+        aliases=tuple(a for a in config.aliases if a != config.name),
+        languages=languages if kind == "aed" else None,
+        translate=kind == "aed",
+        word_timestamps=kind != "aed",
+        settings={**asdict(config), "kind": kind, "cache_aware": is_cache_aware(cfg)},
+    )
+
+
+@dataclass
+class _Piece:
+    """A window of one job's audio, decoded as one batch item."""
+
+    job: int
+    audio: np.ndarray
+    offset: float
+
+
+class NemoAPI(FamilyAPI):
+    def __init__(self, config: NemoConfig, card: ModelCard) -> None:
+        super().__init__(
+            spec=OpenAIAudioSpec(card, AudioLimits(config.max_audio_seconds)),
+            max_batch_size=config.max_batch_size,
+            batch_timeout=config.batch_timeout,
+        )
+        self.config = config
+
+    def setup(self, device: str) -> None:
+        nemo_logging.setLevel(logging.WARNING)
+        self.device = torch.device(device)
+        self.dtype = getattr(torch, self.config.dtype)
+        model = load_model(self.config.model, device)
+        self.kind = kind_of(type(model))
+        # Streaming steps merge hypotheses across chunks, which fails once timestamps are computed:
+        # keep the decoding without them for conformer_stream_step.
+        self.stream_decoding = getattr(model, "decoding", None)
+        if self.kind in ("transducer", "ctc"):
+            decoding = copy.deepcopy(model.cfg.decoding)
+            with open_dict(decoding):
+                decoding.compute_timestamps = True
+            model.change_decoding_strategy(decoding, verbose=False)
+        self.cache_aware = is_cache_aware(model.cfg)
+        if self.cache_aware:
+            right = self.config.lookahead_ms // 80 - 1
+            contexts = [list(c) for c in model.encoder.att_context_size_all]
+            context = next((c for c in contexts if c[1] == right), None)
+            if context is None:
+                raise ValueError(
+                    f"lookahead_ms {self.config.lookahead_ms} is not one of this model's: "
+                    f"{[(c[1] + 1) * 80 for c in contexts]}"
+                )
+            model.encoder.set_default_att_context_size(context)
+        self.model = model.to(self.device, dtype=self.dtype).eval()
+        self.chunk_seconds = self.config.chunk_seconds or (
+            AED_CHUNK_SECONDS if self.kind == "aed" else FULL_ATTENTION_CHUNK_SECONDS
+        )
+        logger.info(
+            "loaded %s (%s%s) on %s as %s",
+            self.config.model,
+            self.kind,
+            ", cache-aware" if self.cache_aware else "",
+            device,
+            self.config.dtype,
+        )
+
+    # ---- one batch ----------------------------------------------------------------------------
+    def transcribe_batch(self, jobs: list[TranscriptionJob]) -> Iterator[Step]:
+        streaming = [i for i, job in enumerate(jobs) if job.stream and self.cache_aware]
+        offline = [i for i in range(len(jobs)) if i not in streaming]
+        for index, events in self._offline(jobs, offline):
+            for event in events:
+                yield _only(len(jobs), index, event)
+        if streaming:
+            yield from self._streaming(jobs, streaming)
+
+    def _offline(self, jobs: list[TranscriptionJob], indices: list[int]) -> Iterator[tuple[int, list[dict]]]:
+        """Decode the jobs at `indices` together; a batch that fails is retried job by job."""
+        if not indices:
+            return
+        try:
+            results = self._decode([jobs[i] for i in indices])
+        except Exception:
+            if len(indices) == 1:
+                logger.exception("transcription failed")
+                yield indices[0], [error_event(500, "The model failed while transcribing this request.", "model_error")]
+                return
+            logger.warning("batch of %d failed; retrying one by one", len(indices), exc_info=True)
+            for i in indices:
+                yield from self._offline(jobs, [i])
+            return
+        for i, segments in zip(indices, results, strict=True):
+            job = jobs[i]
+            events = [info_event(self._language(job), job.duration), *(segment_event(s) for s in segments)]
+            yield i, events
+
+    def _decode(self, jobs: list[TranscriptionJob]) -> list[list[Segment]]:
+        pieces = [
+            _Piece(j, job.audio[start : start + window], start / SAMPLE_RATE)
+            for j, job in enumerate(jobs)
+            for window in [int(self.chunk_seconds * SAMPLE_RATE)]
+            for start in range(0, max(len(job.audio), 1), window)
+        ]
+        segments: list[list[Segment]] = [[] for _ in jobs]
+        for first in range(0, len(pieces), self.max_batch_size):
+            batch = pieces[first : first + self.max_batch_size]
+            for piece, found in zip(batch, self._decode_pieces(batch, jobs), strict=True):
+                segments[piece.job].extend(found)
+        for found in segments:
+            for number, segment in enumerate(found):
+                segment.id = number
+        return segments
+
+    def _decode_pieces(self, pieces: list[_Piece], jobs: list[TranscriptionJob]) -> list[list[Segment]]:
+        lengths = torch.tensor([len(p.audio) for p in pieces])
+        signal = torch.zeros(len(pieces), int(lengths.max()))
+        for row, piece in enumerate(pieces):
+            signal[row, : len(piece.audio)] = torch.from_numpy(piece.audio)
+        signal, lengths = signal.to(self.device), lengths.to(self.device)
+        with torch.inference_mode():
+            if self.kind == "aed":
+                prompts = [self._prompt(jobs[p.job]) for p in pieces]
+                return [
+                    [Segment(id=0, start=p.offset, end=p.offset + len(p.audio) / SAMPLE_RATE, text=" " + h.text)]
+                    if h.text
+                    else []
+                    for p, h in zip(pieces, self._decode_aed(signal, lengths, prompts), strict=True)
+                ]
+            mel, mel_lengths = self.model.preprocessor(input_signal=signal, length=lengths)
+            encoded, encoded_lengths = self.model.encoder(audio_signal=mel.to(self.dtype), length=mel_lengths)
+            if self.kind == "transducer":
+                hyps = self.model.decoding.rnnt_decoder_predictions_tensor(
+                    encoder_output=encoded, encoded_lengths=encoded_lengths, return_hypotheses=True
+                )
+            else:
+                log_probs = self.model.decoder(encoder_output=encoded)
+                hyps = self.model.decoding.ctc_decoder_predictions_tensor(
+                    log_probs, decoder_lengths=encoded_lengths, return_hypotheses=True
+                )
+        hyps = process_timestamp_outputs(
+            hyps, self.model.encoder.subsampling_factor, self.model.cfg.preprocessor.window_stride
+        )
+        return [
+            _segments(h, p.offset, p.offset + len(p.audio) / SAMPLE_RATE) for p, h in zip(pieces, hyps, strict=True)
+        ]
+
+    def _decode_aed(self, signal: torch.Tensor, lengths: torch.Tensor, prompts: list[torch.Tensor]) -> list:
+        """Canary: one encoder pass; decoding grouped by prompt length (prompts of a group stack)."""
+        _, _, states, mask = self.model(input_signal=signal, input_signal_length=lengths)
+        hyps: list = [None] * len(prompts)
+        by_length: dict[int, list[int]] = {}
+        for row, prompt in enumerate(prompts):
+            by_length.setdefault(len(prompt), []).append(row)
+        for rows in by_length.values():
+            found = self.model.decoding.decode_predictions_tensor(
+                encoder_hidden_states=states[rows],
+                encoder_input_mask=mask[rows],
+                decoder_input_ids=torch.stack([prompts[r] for r in rows]).to(self.device),
+                return_hypotheses=True,
+            )
+            for row, hyp in zip(rows, found, strict=True):
+                hyps[row] = hyp
+        return hyps
+
+    def _prompt(self, job: TranscriptionJob) -> torch.Tensor:
+        source = self._language(job)
+        target = job.options.get("target_language") or ("en" if job.task == "translate" else source)
+        slots = self.model.prompt.get_default_dialog_slots()[0]["slots"] | {
+            "source_lang": source,
+            "target_lang": target,
+            "pnc": "yes" if self.config.pnc else "no",
+        }
+        return self.model.prompt.encode_dialog(turns=[{"role": "user", "slots": slots}])["context_ids"]
+
+    def _language(self, job: TranscriptionJob) -> str:
+        """The spoken language: as asked, else English (these models do not detect the language)."""
+        return job.language or "en"
+
+    # ---- streaming ----------------------------------------------------------------------------
+    def _streaming(self, jobs: list[TranscriptionJob], indices: list[int]) -> Iterator[Step]:
+        streams = [LiveStream(self.model) for _ in indices]
+        for stream, i in zip(streams, indices, strict=True):
+            yield _only(len(jobs), i, info_event(self._language(jobs[i]), jobs[i].duration))
+            stream.push(jobs[i].audio, last=True)
+        counts = [0] * len(indices)
+        while not all(s.done for s in streams):
+            starts = [s.seconds_fed for s in streams]
+            offline_decoding, self.model.decoding = self.model.decoding, self.stream_decoding
+            try:
+                deltas = step_round(self.model, streams, self.dtype, self.device)
+            except Exception:
+                logger.exception("streaming step failed")
+                for stream, i in zip(streams, indices, strict=True):
+                    if not stream.done:
+                        stream.done = True
+                        yield _only(len(jobs), i, error_event(500, "The model failed while streaming.", "model_error"))
+                return
+            finally:
+                self.model.decoding = offline_decoding
+            if not deltas:
+                break
+            for position, text in deltas.items():
+                if text:
+                    stream = streams[position]
+                    segment = Segment(id=counts[position], start=starts[position], end=stream.seconds_fed, text=text)
+                    counts[position] += 1
+                    yield _only(len(jobs), indices[position], segment_event(segment))
+
+
+def _only(size: int, index: int, event: dict) -> Step:
+    step: Step = [None] * size
+    step[index] = event
+    return step
+
+
+def _segments(hyp: object, offset: float, end_of_audio: float) -> list[Segment]:
+    """Segments with their words, from a hypothesis with NeMo's timestamps (seconds), shifted by `offset`.
+
+    Times are clamped to the audio: frames are 80 ms and a last token's duration can reach past the end.
+    """
+    stamps = getattr(hyp, "timestamp", None) or {}
+
+    def at(seconds: object) -> float:
+        return min(offset + float(seconds), end_of_audio)
+
+    words = [Word(" " + w["word"], at(w["start"]), at(w["end"])) for w in stamps.get("word", [])]
+    found = []
+    for s in stamps.get("segment", []):
+        start, end = at(s["start"]), at(s["end"])
+        inside = [w for w in words if start - 1e-6 <= w.start and w.end <= end + 1e-6]
+        found.append(Segment(id=0, start=start, end=end, text=" " + s["segment"], words=inside))
+    if "".join(s.text for s in found).split() != hyp.text.split():
+        # No segments, or segments that do not spell the text (a word holding a segment delimiter):
+        # one segment, so that the transcript is exactly the model's text.
+        start = words[0].start if words else offset
+        end = words[-1].end if words else offset
+        found = [Segment(id=0, start=start, end=end, text=" " + hyp.text, words=words)] if hyp.text else []
+    return found
+
+
+def main(argv: list[str] | None = None) -> None:
+    config = resolve_auto(load(NemoConfig, "nemo", argv))
+    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not config.model:
+        raise SystemExit(
+            "servers/nemo.py needs --model: a Hugging Face id (nvidia/parakeet-tdt-0.6b-v2) or a .nemo file"
+        )
+    card = model_card(config, read_config(config.model))  # workers load the weights
+    api = NemoAPI(config, card)
+    devices: int | str = int(config.devices) if config.devices.isdigit() else config.devices
+    serve(api, config, config.device, devices, config.workers_per_device)
+
+
+if __name__ == "__main__":
+    main()
