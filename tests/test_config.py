@@ -34,8 +34,19 @@ def test_unknown_yaml_keys_are_refused(tmp_path) -> None:
         load(FasterWhisperConfig, "faster_whisper", ["--config", str(path)])
 
 
-def test_every_key_is_documented() -> None:
-    text = (CONFIG_DIR / "faster_whisper.yaml").read_text()
-    for field in dataclasses.fields(FasterWhisperConfig):
+@pytest.mark.parametrize(
+    ("name", "where"),
+    [
+        ("faster_whisper", "servers.faster_whisper:FasterWhisperConfig"),
+        ("nemo", "servers.nemo:NemoConfig"),
+        ("router", "servers.router:RouterConfig"),
+    ],
+)
+def test_every_key_is_documented_and_the_file_gives_the_defaults(name: str, where: str) -> None:
+    module, _, attribute = where.partition(":")
+    config = getattr(pytest.importorskip(module), attribute)
+    text = (CONFIG_DIR / f"{name}.yaml").read_text()
+    for field in dataclasses.fields(config):
         match = re.search(rf"((?:^#.*\n)+)^{field.name}:", text, re.MULTILINE)
-        assert match, f"{field.name} has no comment in configs/faster_whisper.yaml"
+        assert match, f"{field.name} has no comment in configs/{name}.yaml"
+    assert load(config, name, []) == config()
