@@ -7,7 +7,10 @@ from typing import Any
 
 import litserve as ls
 
-from common.jobs import TranscriptionJob
+from common.audio import AudioLimits
+from common.config import ServerConfig
+from common.jobs import ModelCard, TranscriptionJob
+from specs.openai_audio import OpenAIAudioSpec
 
 Step = list[dict[str, Any] | None]
 
@@ -20,6 +23,15 @@ class FamilyAPI(ls.LitAPI):
     job is finished. A failing job yields an error event; it must never fail its batch-mates.
     """
 
+    def __init__(self, config: ServerConfig, card: ModelCard) -> None:
+        """`config` is the family's own config; it has max_batch_size and batch_timeout for LitServe."""
+        super().__init__(
+            spec=OpenAIAudioSpec(card, AudioLimits(config.max_audio_seconds)),
+            max_batch_size=config.max_batch_size,  # type: ignore[attr-defined]
+            batch_timeout=config.batch_timeout,  # type: ignore[attr-defined]
+        )
+        self.config = config
+
     def transcribe_batch(self, jobs: list[TranscriptionJob]) -> Iterator[Step]:
         raise NotImplementedError
 
@@ -30,3 +42,10 @@ class FamilyAPI(ls.LitAPI):
         for (event,) in self.transcribe_batch([x]):
             if event is not None:
                 yield event
+
+
+def only(size: int, index: int, event: dict[str, Any]) -> Step:
+    """The step of a batch of `size` jobs that carries one event, for job `index`."""
+    step: Step = [None] * size
+    step[index] = event
+    return step

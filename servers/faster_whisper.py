@@ -20,6 +20,7 @@ if __name__ == "__main__":
     # faster_whisper package: serve from the repository root instead.
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
+import json
 import logging
 import os
 import queue
@@ -30,13 +31,11 @@ from dataclasses import asdict, dataclass, field, replace
 import ctranslate2
 import faster_whisper
 
-from common.audio import AudioLimits
 from common.config import ServerConfig, load
-from common.family import FamilyAPI, Step
+from common.family import FamilyAPI, Step, only
 from common.jobs import ModelCard, TranscriptionJob, error_event, info_event, segment_event
 from common.serving import serve
 from common.transcript import Segment, Word
-from specs.openai_audio import OpenAIAudioSpec
 
 logger = logging.getLogger("open_speech.faster_whisper")
 
@@ -105,19 +104,11 @@ def _is_english_only(path: str) -> bool:
     config_file = Path(path) / "config.json"
     if not config_file.is_file():
         return False  # a hub id not yet downloaded: decided when loaded
-    import json
-
     return len(json.loads(config_file.read_text()).get("lang_ids", [])) == 0
 
 
 class FasterWhisperAPI(FamilyAPI):
-    def __init__(self, config: FasterWhisperConfig, card: ModelCard) -> None:
-        super().__init__(
-            spec=OpenAIAudioSpec(card, AudioLimits(config.max_audio_seconds)),
-            max_batch_size=config.max_batch_size,
-            batch_timeout=config.batch_timeout,
-        )
-        self.config = config
+    config: FasterWhisperConfig
 
     def setup(self, device: str) -> None:
         kind, _, index = device.partition(":")  # LitServe's "cpu" or "cuda:N"
@@ -152,9 +143,7 @@ class FasterWhisperAPI(FamilyAPI):
             if event is None:
                 running -= 1
                 continue
-            step: Step = [None] * len(jobs)
-            step[index] = event
-            yield step
+            yield only(len(jobs), index, event)
 
     def _transcribe_one(self, index: int, job: TranscriptionJob, events: queue.Queue) -> None:
         try:

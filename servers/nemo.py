@@ -35,14 +35,13 @@ from nemo.utils import logging as nemo_logging
 from nemo.utils.model_utils import import_class_by_path
 from omegaconf import DictConfig, open_dict
 
-from common.audio import SAMPLE_RATE, AudioLimits
+from common.audio import SAMPLE_RATE
 from common.config import ServerConfig, load
-from common.family import FamilyAPI, Step
+from common.family import FamilyAPI, Step, only
 from common.jobs import ModelCard, TranscriptionJob, error_event, info_event, segment_event
 from common.serving import serve
 from common.transcript import Segment, Word
 from servers.nemo_streaming import LiveStream, step_round
-from specs.openai_audio import OpenAIAudioSpec
 
 logger = logging.getLogger("open_speech.nemo")
 AED_CHUNK_SECONDS = 40.0  # Canary is trained on utterances up to 40 s
@@ -128,13 +127,7 @@ class _Piece:
 
 
 class NemoAPI(FamilyAPI):
-    def __init__(self, config: NemoConfig, card: ModelCard) -> None:
-        super().__init__(
-            spec=OpenAIAudioSpec(card, AudioLimits(config.max_audio_seconds)),
-            max_batch_size=config.max_batch_size,
-            batch_timeout=config.batch_timeout,
-        )
-        self.config = config
+    config: NemoConfig
 
     def setup(self, device: str) -> None:
         nemo_logging.setLevel(logging.WARNING)
@@ -180,7 +173,7 @@ class NemoAPI(FamilyAPI):
         offline = [i for i in range(len(jobs)) if i not in streaming]
         for index, events in self._offline(jobs, offline):
             for event in events:
-                yield _only(len(jobs), index, event)
+                yield only(len(jobs), index, event)
         if streaming:
             yield from self._streaming(jobs, streaming)
 
@@ -290,7 +283,7 @@ class NemoAPI(FamilyAPI):
     def _streaming(self, jobs: list[TranscriptionJob], indices: list[int]) -> Iterator[Step]:
         streams = [LiveStream(self.model) for _ in indices]
         for stream, i in zip(streams, indices, strict=True):
-            yield _only(len(jobs), i, info_event(self._language(jobs[i]), jobs[i].duration))
+            yield only(len(jobs), i, info_event(self._language(jobs[i]), jobs[i].duration))
             stream.push(jobs[i].audio, last=True)
         counts = [0] * len(indices)
         while not all(s.done for s in streams):
@@ -303,7 +296,7 @@ class NemoAPI(FamilyAPI):
                 for stream, i in zip(streams, indices, strict=True):
                     if not stream.done:
                         stream.done = True
-                        yield _only(len(jobs), i, error_event(500, "The model failed while streaming.", "model_error"))
+                        yield only(len(jobs), i, error_event(500, "The model failed while streaming.", "model_error"))
                 return
             finally:
                 self.model.decoding = offline_decoding
@@ -314,13 +307,7 @@ class NemoAPI(FamilyAPI):
                     stream = streams[position]
                     segment = Segment(id=counts[position], start=starts[position], end=stream.seconds_fed, text=text)
                     counts[position] += 1
-                    yield _only(len(jobs), indices[position], segment_event(segment))
-
-
-def _only(size: int, index: int, event: dict) -> Step:
-    step: Step = [None] * size
-    step[index] = event
-    return step
+                    yield only(len(jobs), indices[position], segment_event(segment))
 
 
 def _segments(hyp: object, offset: float, end_of_audio: float) -> list[Segment]:
