@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up open-speech on a fresh machine: a virtual environment in .venv with the project installed.
 #   bash .ci/setup.sh               the router and the faster-whisper family
-#   bash .ci/setup.sh nemo          plus the NVIDIA NeMo family
+#   bash .ci/setup.sh nemo          plus the NVIDIA NeMo family (also: onnx, or nemo,onnx)
 #   bash .ci/setup.sh test          everything, plus what the tests need (the ffmpeg command, test packages)
 # The Dockerfile and CI run this same script.
 set -euo pipefail
@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 python="${PYTHON:-python3}"
 extras="${1:-}"
-[ "$extras" = "test" ] && extras="test,nemo"
+[ "$extras" = "test" ] && extras="test,nemo,onnx"
 
 if [[ ",$extras," == *",test,"* ]] && ! command -v ffmpeg >/dev/null; then
   # Tests make mp3/ogg/webm/m4a copies of corpus clips with the ffmpeg command.

@@ -39,6 +39,7 @@ def test_unknown_yaml_keys_are_refused(tmp_path) -> None:
     [
         ("faster_whisper", "servers.faster_whisper:FasterWhisperConfig"),
         ("nemo", "servers.nemo:NemoConfig"),
+        ("onnx", "servers.onnx:OnnxConfig"),
         ("router", "servers.router:RouterConfig"),
     ],
 )

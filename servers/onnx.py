@@ -1,0 +1,329 @@
+"""The ONNX family: `python servers/onnx.py --model istupakov/parakeet-tdt-0.6b-v2-onnx [--option value ...]`.
+
+Serves one ONNX speech model through onnx-asr over onnxruntime, CPU-first: NeMo exports (Parakeet TDT,
+RNNT, CTC, Canary), Whisper exports and the others onnx-asr knows. `--model` is a Hugging Face repo id
+in onnx-asr's layout (downloaded into the HF cache), an onnx-asr model name (nemo-parakeet-tdt-0.6b-v2)
+or a local folder (its config.json names the model type, else `--model-type`). Options come from
+configs/onnx.yaml, OPEN_SPEECH_* variables and the command line.
+
+onnx-asr does the work: log-mel preprocessing, the encoder, greedy TDT/RNNT/CTC/AED decoding with token
+timestamps, and Silero VAD segmentation. This server adds what a server needs on top:
+
+- Cross-request batching: every job LitServe batched together is cut into pieces (VAD speech segments,
+  or fixed windows of `max_segment_seconds` without VAD), and the pieces of all jobs are recognized
+  together, `max_batch_size` per onnx-asr batch call, taken round-robin across jobs so each gets its
+  first text early. Each decoded piece is one segment, sent at once (`stream=true` sees it as a delta),
+  its times shifted back to their place in the request's audio; words come from the token timestamps.
+- A batch that fails is retried piece by piece, so one bad request fails alone.
+"""
+
+import sys
+from pathlib import Path
+
+if __name__ == "__main__":
+    # Run as a script, servers/ comes first on sys.path, where this file would shadow the onnx
+    # package: serve from the repository root instead.
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnx_asr
+import onnxruntime as rt
+from faster_whisper.vad import get_vad_model
+from onnx_asr.asr import TimestampedResult
+from onnx_asr.loader import create_asr_resolver
+from onnx_asr.models.nemo import NemoConformerAED
+from onnx_asr.models.silero import SileroVad
+from onnx_asr.models.whisper import WhisperHf, WhisperOrt
+from onnx_asr.utils import pad_list
+
+from common.audio import SAMPLE_RATE
+from common.config import ServerConfig, load
+from common.family import FamilyAPI, Step, only
+from common.jobs import ModelCard, TranscriptionJob, error_event, info_event, segment_event
+from common.serving import serve
+from common.transcript import Segment, Word
+
+logger = logging.getLogger("open_speech.onnx")
+CUDA = "CUDAExecutionProvider"
+
+
+@dataclass
+class OnnxConfig(ServerConfig):
+    model: str = ""
+    name: str = ""
+    aliases: list[str] = field(default_factory=list)
+    model_type: str = ""
+    quantization: str = ""
+    device: str = "auto"
+    threads: int = 0
+    max_batch_size: int = 8
+    batch_timeout: float = 0.02
+    vad: bool = True
+    max_segment_seconds: float = 20.0
+
+
+def resolve_auto(config: OnnxConfig) -> OnnxConfig:
+    """Settle `auto`/0: CUDA when onnxruntime has its CUDA provider, else CPU; threads = cores."""
+    device = config.device
+    if device == "auto":
+        device = "cuda" if CUDA in rt.get_available_providers() else "cpu"
+    return replace(config, device=device, threads=config.threads or os.cpu_count() or 1)
+
+
+def _source(config: OnnxConfig) -> tuple[str | None, Path | None]:
+    """onnx-asr's (model, path): a local folder with its model type (None: read from config.json), else
+    a hub repo id or onnx-asr model name."""
+    if Path(config.model).is_dir():
+        return config.model_type or None, Path(config.model)
+    return config.model, None
+
+
+def model_class(config: OnnxConfig) -> type:
+    """The onnx-asr class that runs the model, read from its name or config.json, without loading weights."""
+    model, path = _source(config)
+    return create_asr_resolver(model, path).model_type
+
+
+def kind_of(cls: type) -> str:
+    if issubclass(cls, NemoConformerAED):
+        return "aed"
+    if issubclass(cls, WhisperOrt | WhisperHf):
+        return "whisper"
+    return "timestamped"  # transducer and CTC models: token timestamps
+
+
+def model_card(config: OnnxConfig, cls: type) -> ModelCard:
+    kind = kind_of(cls)
+    return ModelCard(
+        id=config.name or Path(config.model.rstrip("/")).name,
+        family="onnx",
+        aliases=tuple(a for a in config.aliases if a != config.name),
+        translate=kind == "aed",  # Canary translates; onnx-asr's Whisper has no translate task
+        word_timestamps=kind == "timestamped",
+        settings={**asdict(config), "kind": kind, "onnx_class": cls.__name__},
+    )
+
+
+class BundledSileroVad(SileroVad):
+    """onnx-asr's Silero VAD (its speech-segment merging, thresholds and options) run on the Silero model
+    that faster-whisper ships, so VAD works offline without downloading istupakov/silero-vad-onnx.
+
+    Only `_encode` differs: faster-whisper's export takes 512-sample frames with 64 samples of context
+    (the same framing onnx-asr uses at 16 kHz) and gives one speech probability per frame.
+    """
+
+    def __init__(self) -> None:
+        self._silero = get_vad_model()
+
+    def _encode(
+        self, waveforms: npt.NDArray[np.float32], sample_rate: int, hop_size: int, context_size: int
+    ) -> Iterator[npt.NDArray[np.float32]]:
+        if sample_rate != SAMPLE_RATE:
+            raise ValueError("the bundled Silero VAD runs at 16 kHz only")
+        padded = np.pad(waveforms, ((0, 0), (0, -waveforms.shape[1] % hop_size)))
+        probs = np.stack([self._silero(row, hop_size, context_size).reshape(-1) for row in padded])
+        yield from probs.T
+
+
+@dataclass
+class _Piece:
+    """A stretch of one job's audio (samples), recognized as one batch item."""
+
+    job: int
+    number: int  # its place among its job's pieces
+    start: int
+    end: int
+
+
+class OnnxAPI(FamilyAPI):
+    config: OnnxConfig
+
+    def setup(self, device: str) -> None:
+        options = rt.SessionOptions()
+        options.intra_op_num_threads = self.config.threads
+        providers: list[Any] = ["CPUExecutionProvider"]
+        if device.startswith("cuda"):
+            providers = [(CUDA, {"device_id": int(device.partition(":")[2] or 0)}), *providers]
+        model, path = _source(self.config)
+        asr = onnx_asr.load_model(
+            model,  # type: ignore[arg-type]
+            path,
+            quantization=self.config.quantization or None,
+            sess_options=options,
+            providers=providers,
+        )
+        self.asr = asr.asr  # onnx-asr's model, under its adapters: batches of padded 16 kHz arrays
+        self.kind = kind_of(type(self.asr))
+        # Seconds per encoder frame: a token's timestamp is where its frame starts.
+        self.frame = getattr(self.asr, "window_step", 0.01) * getattr(self.asr, "_subsampling_factor", 8)
+        self.vad = BundledSileroVad() if self.config.vad else None
+        logger.info(
+            "loaded %s (%s%s) on %s with %d threads, vad %s",
+            self.config.model,
+            type(self.asr).__name__,
+            f", {self.config.quantization}" if self.config.quantization else "",
+            device,
+            self.config.threads,
+            "on" if self.vad else "off",
+        )
+
+    # ---- one batch ----------------------------------------------------------------------------
+    def transcribe_batch(self, jobs: list[TranscriptionJob]) -> Iterator[Step]:
+        size = len(jobs)
+        pieces: list[_Piece] = []
+        failed: set[int] = set()
+        for index, job in enumerate(jobs):
+            try:
+                spans = self.split(job.audio)
+            except Exception:
+                logger.exception("voice activity detection failed")
+                failed.add(index)
+                yield only(
+                    size, index, error_event(500, "The model failed while transcribing this request.", "model_error")
+                )
+                continue
+            yield only(size, index, info_event(self._language(job), job.duration))
+            pieces.extend(_Piece(index, number, start, end) for number, (start, end) in enumerate(spans))
+        # Round-robin over jobs: every request's first piece is decoded in the first batch call.
+        pieces.sort(key=lambda p: (p.number, p.job))
+        counts = [0] * size
+        for first in range(0, len(pieces), self.max_batch_size):
+            batch = [p for p in pieces[first : first + self.max_batch_size] if p.job not in failed]
+            for piece, result in self._recognize_safely(batch, jobs):
+                if piece.job in failed:
+                    continue
+                if result is None:
+                    failed.add(piece.job)
+                    yield only(
+                        size,
+                        piece.job,
+                        error_event(500, "The model failed while transcribing this request.", "model_error"),
+                    )
+                    continue
+                segment = self._segment(piece, result, counts[piece.job])
+                if segment is not None:
+                    counts[piece.job] += 1
+                    yield only(size, piece.job, segment_event(segment))
+
+    def split(self, audio: np.ndarray) -> list[tuple[int, int]]:
+        """Sample spans to recognize: speech segments (at most `max_segment_seconds`) found by onnx-asr's
+        VAD, or fixed windows of `max_segment_seconds` without VAD."""
+        window = max(1, int(self.config.max_segment_seconds * SAMPLE_RATE))
+        if self.vad is None:
+            return [(start, min(start + window, len(audio))) for start in range(0, len(audio), window)]
+        (spans,) = self.vad.segment_batch(
+            audio[None, :].astype(np.float32),
+            np.array([len(audio)], dtype=np.int64),
+            SAMPLE_RATE,
+            max_speech_duration_s=self.config.max_segment_seconds,
+        )
+        return list(spans)
+
+    def _recognize_safely(
+        self, pieces: list[_Piece], jobs: list[TranscriptionJob]
+    ) -> Iterator[tuple[_Piece, TimestampedResult | None]]:
+        """Recognize `pieces` together; a batch that fails is retried piece by piece (None: that piece failed)."""
+        if not pieces:
+            return
+        try:
+            results = self._recognize(pieces, jobs)
+        except Exception:
+            if len(pieces) == 1:
+                logger.exception("transcription failed")
+                yield pieces[0], None
+                return
+            logger.warning("batch of %d pieces failed; retrying one by one", len(pieces), exc_info=True)
+            for piece in pieces:
+                yield from self._recognize_safely([piece], jobs)
+            return
+        yield from zip(pieces, results, strict=True)
+
+    def _recognize(self, pieces: list[_Piece], jobs: list[TranscriptionJob]) -> list[TimestampedResult]:
+        """One onnx-asr batch call per distinct set of decoding options (only Canary and Whisper have any)."""
+        groups: dict[tuple[tuple[str, Any], ...], list[int]] = {}
+        for row, piece in enumerate(pieces):
+            groups.setdefault(tuple(self._options(jobs[piece.job]).items()), []).append(row)
+        results: list[TimestampedResult | None] = [None] * len(pieces)
+        for options, rows in groups.items():
+            audio = [jobs[pieces[r].job].audio[pieces[r].start : pieces[r].end] for r in rows]
+            found = self.asr.recognize_batch(*pad_list(audio), need_logprobs=True, **dict(options))
+            for row, result in zip(rows, found, strict=True):
+                results[row] = result
+        return results  # type: ignore[return-value]
+
+    def _options(self, job: TranscriptionJob) -> dict[str, Any]:
+        if self.kind == "aed":
+            source = self._language(job)
+            target = "en" if job.task == "translate" else job.options.get("target_language") or source
+            return {"language": source, "target_language": target}
+        if self.kind == "whisper" and job.language:
+            return {"language": job.language}
+        return {}
+
+    def _language(self, job: TranscriptionJob) -> str:
+        """The spoken language: as asked, else English (onnx-asr does not detect the language)."""
+        return job.language or "en"
+
+    def _segment(self, piece: _Piece, result: TimestampedResult, number: int) -> Segment | None:
+        """The piece's text as one segment at its place in the request's audio, with its words."""
+        if not result.text.strip():
+            return None
+        offset, end = piece.start / SAMPLE_RATE, piece.end / SAMPLE_RATE
+        words = None
+        if result.timestamps is not None and result.tokens is not None:
+            words = _words(result.tokens, result.timestamps, offset, end, self.frame)
+        logprobs = result.logprobs or []
+        return Segment(
+            id=number,
+            start=offset,
+            end=end,
+            text=" " + result.text.strip(),
+            # Rounded: padding in a batch moves the logits by float noise (~1e-7).
+            avg_logprob=round(float(np.mean(logprobs)), 4) if logprobs else 0.0,
+            words=words,
+        )
+
+
+def _words(tokens: list[str], stamps: list[float], offset: float, end: float, frame: float) -> list[Word]:
+    """Words from token timestamps: a token that starts with a space starts a word. A word lasts from
+    its first token's frame to the end of its last token's frame (or the next word's start), clamped
+    to the piece."""
+    spans: list[tuple[str, float, float]] = []
+    for token, stamp in zip(tokens, stamps, strict=True):
+        start = min(offset + stamp, end)
+        if spans and not token.startswith(" "):
+            text, first, _ = spans[-1]
+            spans[-1] = (text + token, first, start)
+        else:
+            spans.append((token.strip(), start, start))
+    words = []
+    for number, (text, start, last) in enumerate(spans):
+        stop = min(last + frame, end)
+        if number + 1 < len(spans):
+            stop = min(stop, spans[number + 1][1])
+        if text:
+            words.append(Word(" " + text, round(start, 3), round(max(start, stop), 3)))
+    return words
+
+
+def main(argv: list[str] | None = None) -> None:
+    config = resolve_auto(load(OnnxConfig, "onnx", argv))
+    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not config.model:
+        raise SystemExit(
+            "servers/onnx.py needs --model: a Hugging Face repo id (istupakov/parakeet-tdt-0.6b-v2-onnx), "
+            "an onnx-asr model name or a local folder"
+        )
+    api = OnnxAPI(config, model_card(config, model_class(config)))  # workers load the weights
+    serve(api, config, config.device, 1)
+
+
+if __name__ == "__main__":
+    main()
