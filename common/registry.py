@@ -8,6 +8,7 @@ may send as `model`, what it can do, and per-model options passed to the family 
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ FAMILY_SCRIPTS = {
     "nemo": "servers/nemo.py",
     "onnx": "servers/onnx.py",
 }
+# The package each family needs: installed by `bash .ci/setup.sh <extra>` (nemo, onnx).
+FAMILY_PACKAGES = {"faster-whisper": "faster_whisper", "nemo": "nemo", "onnx": "onnx_asr"}
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,11 @@ class ModelEntry:
     @property
     def script(self) -> Path:
         return REPO / FAMILY_SCRIPTS[self.family]
+
+    @property
+    def installed(self) -> bool:
+        """Whether this installation has the family's script and package."""
+        return self.script.exists() and importlib.util.find_spec(FAMILY_PACKAGES[self.family]) is not None
 
     @property
     def is_hub_repo(self) -> bool:

@@ -120,10 +120,10 @@ class Supervisor:
         return await asyncio.shield(task)
 
     async def _start(self, entry: ModelEntry) -> ModelServer:
-        if not entry.script.exists():
+        if not entry.installed:
             raise ApiError(
                 501,
-                f"The {entry.family} family is not available in this installation.",
+                f"The {entry.family} family is not installed here (bash .ci/setup.sh {entry.family}).",
                 param="model",
                 code="family_unavailable",
             )
