@@ -17,45 +17,10 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.transcription import Result, closed_loop
-from common.audio import AudioLimits, decode
-from tests.helpers import CACHE, Clip, ServerProcess, corpus
-
-
-def decode_audio(path: Path):
-    """PyAV decoding as the server does it (faster_whisper.decode_audio runs gc.collect() per call,
-    which costs ~0.4 s in a process that has imported NeMo)."""
-    with path.open("rb") as f:
-        return decode(f, None, AudioLimits(max_seconds=24 * 3600))
-
-
-def server_rtfx(model: str, clips: list[Clip], batch: int, concurrency: int, rounds: int) -> float:
-    audio_seconds = sum(c.duration for c in clips) * rounds
-    with (
-        ServerProcess(
-            "servers/nemo.py", "--model", model, "--name", "bench", "--max-batch-size", str(batch), name="bench-nemo"
-        ) as server,
-        httpx.Client(timeout=600) as http,
-    ):
-
-        def one(clip: Clip, data: bytes) -> Result:
-            start = time.perf_counter()
-            response = http.post(
-                server.url + "/v1/audio/transcriptions",
-                data={"model": "bench"},
-                files={"file": (clip.path.name, data, "audio/flac")},
-            )
-            response.raise_for_status()
-            latency = time.perf_counter() - start
-            return Result(clip, latency, latency, response.json()["text"])
-
-        closed_loop(clips[:4], 2, one)  # warm-up
-        wall = sum(closed_loop(clips, concurrency, one)[0] for _ in range(rounds))
-    return audio_seconds / wall
+from bench.families import decode_audio, server_rtfx
+from tests.helpers import CACHE, Clip, corpus
 
 
 def inprocess_rtfx(model_source: str, clips: list[Clip], batch: int, rounds: int) -> float:
@@ -111,7 +76,13 @@ def main() -> None:
         f"{args.model}: {len(clips)} clips, {sum(c.duration for c in clips) / 60:.1f} min x {args.rounds} rounds, "
         f"batch {args.batch_size}, {args.concurrency} clients"
     )
-    served = server_rtfx(args.model, clips, args.batch_size, args.concurrency, args.rounds)
+    served = server_rtfx(
+        "servers/nemo.py",
+        ["--model", args.model, "--max-batch-size", str(args.batch_size)],
+        clips,
+        args.concurrency,
+        args.rounds,
+    )
     print(f"  server      RTFx {served:8.1f}", flush=True)
     local = inprocess_rtfx(args.model, clips, args.batch_size, args.rounds)
     print(f"  in-process  RTFx {local:8.1f}  (NeMo transcribe, batch {args.batch_size})", flush=True)

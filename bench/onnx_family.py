@@ -17,42 +17,10 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.transcription import Result, closed_loop
-from common.audio import AudioLimits, decode
-from tests.helpers import CACHE, Clip, ServerProcess, corpus
-
-
-def decode_audio(path: Path):
-    """PyAV decoding as the server does it."""
-    with path.open("rb") as f:
-        return decode(f, None, AudioLimits(max_seconds=24 * 3600))
-
-
-def server_rtfx(script: str, args: list[str], clips: list[Clip], concurrency: int, rounds: int) -> float:
-    audio_seconds = sum(c.duration for c in clips) * rounds
-    with (
-        ServerProcess(script, "--name", "bench", *args, name=f"bench-{Path(script).stem}") as server,
-        httpx.Client(timeout=600) as http,
-    ):
-
-        def one(clip: Clip, data: bytes) -> Result:
-            start = time.perf_counter()
-            response = http.post(
-                server.url + "/v1/audio/transcriptions",
-                data={"model": "bench"},
-                files={"file": (clip.path.name, data, "audio/flac")},
-            )
-            response.raise_for_status()
-            latency = time.perf_counter() - start
-            return Result(clip, latency, latency, response.json()["text"])
-
-        closed_loop(clips[:4], 2, one)  # warm-up
-        wall = sum(closed_loop(clips, concurrency, one)[0] for _ in range(rounds))
-    return audio_seconds / wall
+from bench.families import decode_audio, server_rtfx
+from tests.helpers import CACHE, Clip, corpus
 
 
 def inprocess_rtfx(args: argparse.Namespace, clips: list[Clip]) -> float:
