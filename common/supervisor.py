@@ -148,6 +148,7 @@ class Supervisor:
             await self._kill(server)
             raise
         server.config = await self._effective_config(server)
+        server.last_used = time.time()  # idle from now, not from the start of a load that may outlast keep_alive
         self.servers[entry.id] = server
         server.watcher = asyncio.create_task(self._watch(server))
         logger.info(

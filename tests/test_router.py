@@ -260,7 +260,7 @@ def _wait_in_flight(router: ServerProcess, model: str) -> None:
 
 def test_second_router_with_keep_alive_api_key_cors_and_load_on_request_reject(tmp_path: Path) -> None:
     registry = write_registry(tmp_path, REGISTRY)
-    options = ["--keep-alive", "1", "--load-on-request", "reject", "--cors-origins", "http://app.example"]
+    options = ["--keep-alive", "3", "--load-on-request", "reject", "--cors-origins", "http://app.example"]
     with ServerProcess(
         "servers/router.py",
         "--registry",
