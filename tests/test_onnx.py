@@ -7,7 +7,6 @@ model. Accuracy is the faster-whisper tests' business.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from itertools import pairwise
@@ -19,7 +18,7 @@ import openai
 import pytest
 import yaml
 
-from tests.helpers import CACHE, ServerProcess, corpus
+from tests.helpers import CACHE, ServerProcess, corpus, stream_events
 
 pytest.importorskip("onnx_asr")
 onnx_models = pytest.importorskip("tests.onnx_models")
@@ -109,17 +108,7 @@ def test_long_audio_is_cut_into_pieces_with_correct_times(server: ServerProcess)
 
 def test_streaming_deltas_concatenate_to_the_done_text(server: ServerProcess) -> None:
     def stream(clip) -> list[dict]:
-        with (
-            clip.path.open("rb") as f,
-            httpx.stream(
-                "POST",
-                server.url + "/v1/audio/transcriptions",
-                files={"file": f},
-                data={"model": "tiny-onnx", "stream": "true"},
-                timeout=300,
-            ) as response,
-        ):
-            return [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: {")]
+        return [event for _, event in stream_events(server, clip.path, "tiny-onnx")]
 
     clips = [LONG, *DEV[3:5]]
     with ThreadPoolExecutor(len(clips)) as pool:  # several streams in one batch

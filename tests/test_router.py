@@ -25,7 +25,7 @@ import yaml
 from faster_whisper import WhisperModel, decode_audio
 
 from servers.faster_whisper import FALLBACK_TEMPERATURES, model_path
-from tests.helpers import Clip, ServerProcess, corpus
+from tests.helpers import Clip, ServerProcess, corpus, stream_events
 from tests.hub_standin import HubStandin
 
 DEV = corpus("dev")
@@ -202,22 +202,7 @@ def test_concurrent_requests_across_both_models(router: ServerProcess, sdk: open
 
 
 def test_stream_through_the_router_arrives_before_the_end(router: ServerProcess) -> None:
-    arrivals: list[tuple[float, dict]] = []
-    start = time.monotonic()
-    with (
-        LONG.path.open("rb") as f,
-        httpx.stream(
-            "POST",
-            router.url + "/v1/audio/transcriptions",
-            files={"file": f},
-            data={"model": "whisper-1", "stream": "true"},
-            timeout=300,
-        ) as response,
-    ):
-        assert response.headers["content-type"].startswith("text/event-stream")
-        for line in response.iter_lines():
-            if line.startswith("data: {"):
-                arrivals.append((time.monotonic() - start, json.loads(line[6:])))
+    arrivals = stream_events(router, LONG.path, "whisper-1")
     deltas = [(t, e) for t, e in arrivals if e["type"] == "transcript.text.delta"]
     done_at, done = arrivals[-1]
     assert done["type"] == "transcript.text.done" and len(deltas) > 10
