@@ -37,6 +37,7 @@ from common import pull
 from common.config import load
 from common.errors import ApiError, install_error_handlers
 from common.languages import LANGUAGES
+from common.openapi import audio_form
 from common.registry import REPO, ModelEntry, Registry
 from common.serving import UploadLimit
 from common.supervisor import ModelServer, Supervisor
@@ -98,15 +99,20 @@ class Router:
     def __init__(self, config: RouterConfig) -> None:
         self.config = config
         self.registry = Registry.load(REPO / config.registry)  # relative paths: from the repository root
-        self.supervisor = Supervisor(self.registry.default, config.keep_alive, config.load_timeout)
+        self.supervisor = Supervisor(self.registry, config.keep_alive, config.load_timeout)
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=5), limits=httpx.Limits(max_connections=None))
 
     def app(self) -> FastAPI:
         app = FastAPI(title="open-speech router", lifespan=self.lifespan)
         install_error_handlers(app)
         app.add_api_route("/health", self.health, methods=["GET"])
-        app.add_api_route("/v1/audio/transcriptions", self.transcriptions, methods=["POST"])
-        app.add_api_route("/v1/audio/translations", self.translations, methods=["POST"])
+        # The audio routes read the raw body (forwarded byte for byte): their form is documented by hand.
+        app.add_api_route(
+            "/v1/audio/transcriptions", self.transcriptions, methods=["POST"], openapi_extra=audio_form("transcribe")
+        )
+        app.add_api_route(
+            "/v1/audio/translations", self.translations, methods=["POST"], openapi_extra=audio_form("translate")
+        )
         app.add_api_route("/v1/models", self.list_models, methods=["GET"])
         app.add_api_route("/v1/models/{model:path}", self.get_model, methods=["GET"])
         app.add_api_route("/api/ps", self.ps, methods=["GET"])
@@ -130,8 +136,9 @@ class Router:
     @asynccontextmanager
     async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
         expiry = asyncio.create_task(self.supervisor.expire_idle())
-        if self.config.preload_default:
-            await self.supervisor.load(self.registry.models[self.registry.default])
+        default = self.registry.models[self.registry.default]
+        if self.config.preload_default and not default.external:  # an external default is not ours to start
+            await self.supervisor.load(default)
         try:
             yield
         finally:
@@ -141,12 +148,8 @@ class Router:
 
     # ---- health and models ----------------------------------------------------------------------
     async def health(self) -> dict[str, Any]:
-        """The router is alive; `models` tells which loaded models are ready."""
-        return {
-            "status": "ok",
-            "models": {s.entry.id: "ready" for s in self.supervisor.servers.values()}
-            | {model: "loading" for model in self.supervisor.loading},
-        }
+        """The router is alive; `models` tells which loaded (or external) models are ready."""
+        return {"status": "ok", "models": await self.supervisor.states()}
 
     async def list_models(self) -> dict[str, Any]:
         return {"object": "list", "data": [self._model_entry(e) for e in self.registry.models.values()]}
@@ -188,6 +191,7 @@ class Router:
 
     # ---- /api/ps ------------------------------------------------------------------------------
     async def ps(self) -> dict[str, Any]:
+        await self.supervisor.states()  # probes the external servers
         return {"models": [self._ps_entry(s) for s in self.supervisor.servers.values()]}
 
     def _ps_entry(self, server: ModelServer) -> dict[str, Any]:
@@ -195,8 +199,10 @@ class Router:
         return {
             "id": server.entry.id,
             "family": server.entry.family,
-            "pid": server.process.pid,
+            "pid": server.pid,
             "port": server.port,
+            "url": server.url,
+            "status": server.status,
             "device": server.config.get("device", server.entry.options.get("device", "auto")),
             "memory": server.memory(),
             "in_flight": server.in_flight,
@@ -313,7 +319,7 @@ class Router:
         logger.error("model server %s failed during a request: %r", server.entry.id, exc)
         return ApiError(
             503,
-            f"The server for model '{server.entry.id}' stopped unexpectedly; it will be restarted on the next request.",
+            server.unavailable_message,
             code="model_unavailable",
             headers={"Retry-After": "1"},
         )
