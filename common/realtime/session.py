@@ -1,0 +1,327 @@
+"""One Realtime transcription connection: client events in, turns found, items transcribed, events out.
+
+Audio appended by the client is decoded to 16 kHz and, with server VAD, scored frame by frame. A turn
+opens an item when speech starts (its audio reaching `prefix_padding_ms` back) and commits it when
+the silence has lasted `silence_duration_ms`; without VAD an item opens at the first audio and is
+committed by `input_audio_buffer.commit`. Each item has a task that asks its `ItemDecoder` for interim
+text every `interim_seconds` of new audio while the item is open, then for the final transcript once
+committed. Items complete in the order they were committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from common.audio import SAMPLE_RATE
+from common.errors import ApiError
+from common.realtime.audio import InputDecoder
+from common.realtime.protocol import SessionConfig, error_event, new_id
+from common.realtime.recognizers import ItemDecoder
+from common.realtime.vad import TurnDetector
+
+logger = logging.getLogger("open_speech.realtime")
+
+TRANSCRIPTION = "conversation.item.input_audio_transcription"
+# What a model name resolves to: a factory of decoders for its items (raises ApiError when unknown).
+DecoderFactory = Callable[[SessionConfig], ItemDecoder]
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_session_seconds: float = 3600.0
+    max_item_seconds: float = 60.0  # a longer turn is committed there and continues as a new item
+    interim_seconds: float = 0.5  # new audio between interim decodes
+
+
+@dataclass
+class Item:
+    id: str
+    start: int  # first sample, in the session's 16 kHz timeline
+    queue: asyncio.Queue[np.ndarray | None] = field(default_factory=asyncio.Queue)
+    samples: int = 0
+    task: asyncio.Task | None = None
+
+
+class Session:
+    def __init__(
+        self,
+        websocket: WebSocket,
+        config: SessionConfig,
+        decoders: Callable[[str | None], DecoderFactory],
+        limits: Limits,
+    ) -> None:
+        self.ws = websocket
+        self.config = config
+        self.decoders = decoders  # model name (None: the session's default) -> decoder factory
+        self.limits = limits
+        self.outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self.decoder = InputDecoder(config.input_format)
+        self.vad = TurnDetector(config.turn_detection) if config.turn_detection else None
+        self.recent = np.zeros(0, np.float32)  # audio not in an item, kept for the prefix padding
+        self.samples = 0  # 16 kHz samples received in all
+        self.item: Item | None = None  # the open (not yet committed) item
+        self.previous_id: str | None = None  # the last committed item
+        self.completed = asyncio.Event()  # the last committed item has sent its final events
+        self.completed.set()
+        self.tasks: set[asyncio.Task] = set()
+
+    # ---- the connection -----------------------------------------------------------------------
+    async def run(self) -> None:
+        """Serve the connection until the client leaves or the session reaches its maximum length."""
+        sender = asyncio.create_task(self._send_events())
+        self.send(self.config.session_event("created"))
+        try:
+            async with asyncio.timeout(self.limits.max_session_seconds):
+                while True:
+                    message = await self.ws.receive()
+                    if message["type"] == "websocket.disconnect":
+                        return
+                    self.handle(message.get("text"))
+        except TimeoutError:
+            seconds = int(self.limits.max_session_seconds)
+            self.send(error_event(f"The session reached its maximum length of {seconds} s.", "session_expired"))
+            self.outbox.put_nowait(None)
+            await sender
+            with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+                await self.ws.close(1008, f"session reached its maximum length ({seconds} s)")
+        except WebSocketDisconnect:
+            pass
+        finally:
+            for task in self.tasks:
+                task.cancel()
+            sender.cancel()
+
+    def send(self, event: dict[str, Any]) -> None:
+        self.outbox.put_nowait({"event_id": new_id("event"), **event})
+
+    async def _send_events(self) -> None:
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError):  # the client left: nothing to tell it
+            while (event := await self.outbox.get()) is not None:
+                await self.ws.send_text(json.dumps(event))
+
+    # ---- client events ------------------------------------------------------------------------
+    def handle(self, text: str | None) -> None:
+        try:
+            event = json.loads(text) if text is not None else None
+        except json.JSONDecodeError:
+            event = None
+        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+            self.send(error_event("Send JSON text events with a 'type'.", "invalid_event"))
+            return
+        kind = event["type"]
+        if kind in ("session.update", "transcription_session.update"):
+            self._update(event)
+        elif kind == "input_audio_buffer.append":
+            self._append(event.get("audio"))
+        elif kind == "input_audio_buffer.commit":
+            self._commit_by_client()
+        elif kind == "input_audio_buffer.clear":
+            self._clear()
+        # Other event types (response.create, conversation.item.*) have no meaning for transcription.
+
+    def _update(self, event: dict[str, Any]) -> None:
+        config = self.config.updated(event)
+        if config.model != self.config.model:
+            try:
+                self.decoders(config.model)
+            except ApiError as exc:
+                self.send(error_event(exc.message, exc.code or "model_not_found", param="model"))
+                config = replace(config, model=self.config.model)
+        if config.input_format != self.config.input_format:
+            self.decoder = InputDecoder(config.input_format)
+        if config.turn_detection != self.config.turn_detection:
+            self.vad = TurnDetector(config.turn_detection) if config.turn_detection else None
+        self.config = config
+        self.send(config.session_event("updated"))
+
+    def _append(self, data: Any) -> None:
+        try:
+            raw = base64.b64decode(data, validate=True) if isinstance(data, str) else None
+        except (binascii.Error, ValueError):
+            raw = None
+        if raw is None:
+            self.send(error_event("'audio' must be base64-encoded audio.", "invalid_audio", param="audio"))
+            return
+        audio = self.decoder.decode(raw)
+        start = self.samples
+        self.samples += len(audio)
+        if self.vad is None:
+            self._to_item(audio, start)
+            return
+        position = 0
+        for boundary in self.vad.push(audio):
+            # A boundary can lie in audio already routed (the VAD scores whole 32 ms frames): cut no earlier.
+            cut = max(boundary.sample - start, position)
+            self._route(audio[position:cut], start + position)
+            position = cut
+            if boundary.start:
+                self._speech_started(start + position)
+            elif self.item is not None:
+                self._speech_stopped(boundary.sample)
+        self._route(audio[position:], start + position)
+
+    def _route(self, audio: np.ndarray, at: int) -> None:
+        """Audio starting at sample `at`: to the open item, or kept as the next turn's prefix padding."""
+        if self.item is not None:
+            self._to_item(audio, at)
+            return
+        turn = self.config.turn_detection
+        keep = turn.prefix_padding_ms * SAMPLE_RATE // 1000 if turn else 0
+        self.recent = np.concatenate([self.recent, audio])[-keep:] if keep else self.recent[:0]
+
+    def _to_item(self, audio: np.ndarray, at: int) -> None:
+        if not len(audio):
+            return
+        if self.item is None:
+            self._open(at)
+        item = self.item
+        item.queue.put_nowait(audio)
+        item.samples += len(audio)
+        if item.samples >= self.limits.max_item_seconds * SAMPLE_RATE:
+            # A turn this long is cut: committed here, continued as a new item.
+            self._commit(at + len(audio))
+            if self.vad is not None and self.vad.speaking:
+                self._speech_started(at + len(audio), padded=False)
+
+    # ---- turns and items ----------------------------------------------------------------------
+    def _speech_started(self, sample: int, padded: bool = True) -> None:
+        """Speech from `sample` on: open an item that starts with the kept prefix padding."""
+        padding = self.recent if padded else self.recent[:0]
+        item = self._open(sample - len(padding))
+        self.send({"type": "input_audio_buffer.speech_started", "audio_start_ms": _ms(item.start), "item_id": item.id})
+        self.recent = self.recent[:0]
+        if len(padding):
+            item.queue.put_nowait(padding)
+            item.samples += len(padding)
+
+    def _speech_stopped(self, sample: int) -> None:
+        item = self.item
+        self.send({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": _ms(sample), "item_id": item.id})
+        self._commit(sample)
+
+    def _open(self, start: int) -> Item:
+        item = Item(id=new_id("item"), start=start)
+        self.item = item
+        previous_completed = self.completed
+        self.completed = done = asyncio.Event()
+        try:
+            factory = self.decoders(self.config.model)
+        except ApiError as exc:  # the model was unloaded from the registry since: fail this item
+            factory, failure = None, exc
+        else:
+            failure = None
+        item.task = self._spawn(self._transcribe(item, factory, failure, previous_completed, done))
+        return item
+
+    def _commit_by_client(self) -> None:
+        if self.item is None or self.item.samples < SAMPLE_RATE // 10:
+            self.send(
+                error_event(
+                    "Error committing input audio buffer: the buffer holds less than 100 ms of audio.",
+                    "input_audio_buffer_commit_empty",
+                )
+            )
+            return
+        self._commit(self.samples)
+
+    def _commit(self, sample: int) -> None:
+        item, self.item = self.item, None
+        self.send({"type": "input_audio_buffer.committed", "previous_item_id": self.previous_id, "item_id": item.id})
+        self.previous_id = item.id
+        item.queue.put_nowait(None)
+
+    def _clear(self) -> None:
+        item, self.item = self.item, None
+        if item is not None and item.task is not None:
+            item.task.cancel()
+        self.recent = self.recent[:0]
+        self.send({"type": "input_audio_buffer.cleared"})
+
+    def _spawn(self, coroutine: Any) -> asyncio.Task:
+        task = asyncio.create_task(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    async def _transcribe(
+        self,
+        item: Item,
+        factory: DecoderFactory | None,
+        failure: ApiError | None,
+        previous_completed: asyncio.Event,
+        done: asyncio.Event,
+    ) -> None:
+        """Interim deltas while the item is open, then (in commit order) the last delta and `completed`."""
+        try:
+            decoder = factory(self.config) if factory else None
+            pending: list[np.ndarray] = []
+            while True:
+                chunk = await item.queue.get()
+                committed = chunk is None
+                if chunk is not None:
+                    pending.append(chunk)
+                while not committed and not item.queue.empty():
+                    chunk = item.queue.get_nowait()
+                    committed = chunk is None
+                    if chunk is not None:
+                        pending.append(chunk)
+                if committed:
+                    break
+                if decoder is None or sum(map(len, pending)) < self.limits.interim_seconds * SAMPLE_RATE:
+                    continue
+                audio, pending = np.concatenate(pending), []
+                try:
+                    delta = await decoder.add(audio)
+                except ApiError as exc:
+                    logger.warning("interim transcription failed: %s", exc.message)
+                    continue
+                self._delta(item, delta)
+            tail = np.concatenate(pending) if pending else np.zeros(0, np.float32)
+            try:
+                if decoder is None:
+                    raise failure or ApiError(500, "No model to transcribe with.")
+                delta, transcript = await decoder.finish(tail)
+            except ApiError as exc:
+                await previous_completed.wait()
+                self.send(
+                    {
+                        "type": f"{TRANSCRIPTION}.failed",
+                        "item_id": item.id,
+                        "content_index": 0,
+                        "error": {"type": "server_error", "code": exc.code, "message": exc.message, "param": None},
+                    }
+                )
+                return
+            await previous_completed.wait()
+            self._delta(item, delta)
+            self.send(
+                {
+                    "type": f"{TRANSCRIPTION}.completed",
+                    "item_id": item.id,
+                    "content_index": 0,
+                    "transcript": transcript,
+                    "usage": {"type": "duration", "seconds": math.ceil(item.samples / SAMPLE_RATE)},
+                }
+            )
+        finally:
+            done.set()
+
+    def _delta(self, item: Item, text: str) -> None:
+        if text:
+            self.send({"type": f"{TRANSCRIPTION}.delta", "item_id": item.id, "content_index": 0, "delta": text})
+
+
+def _ms(sample: int) -> int:
+    return sample * 1000 // SAMPLE_RATE
