@@ -4,6 +4,9 @@ One YAML file (configs/models.yaml) lists the models. Each entry names its famil
 that runs it), its source (a Hugging Face repo id, a local path, or `bundled`), the aliases clients
 may send as `model`, what it can do, and per-model options passed to the family server as
 `--<option> value` (device, compute_type, max_batch_size, workers_per_device, ...).
+
+An entry with a `url` is served by a family server the router does not start (in Kubernetes, a
+Service in front of that server's replicas): the router proxies to it and never starts or stops it.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -37,6 +41,11 @@ class ModelEntry:
     stream: bool = True
     word_timestamps: bool = True
     description: str = ""
+    url: str = ""  # served by an external family server at this base URL (never started by the router)
+
+    @property
+    def external(self) -> bool:
+        return bool(self.url)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -109,6 +118,9 @@ def _entry(raw: dict[str, Any], path: Path) -> ModelEntry:
             f"{path}: model {raw.get('id')!r} has family {raw.get('family')!r}, "
             f"expected one of {sorted(FAMILY_SCRIPTS)}"
         )
+    url = raw.get("url", "")
+    if url and urlsplit(url).scheme not in ("http", "https"):
+        raise ValueError(f"{path}: model {raw.get('id')!r} has url {url!r}, expected http://host:port")
     languages = raw.get("languages")
     return ModelEntry(
         **{
@@ -116,5 +128,6 @@ def _entry(raw: dict[str, Any], path: Path) -> ModelEntry:
             "aliases": tuple(raw.get("aliases", ())),
             "languages": None if languages in (None, "all") else tuple(languages),
             "options": dict(raw.get("options") or {}),
+            "url": url.rstrip("/"),
         }
     )

@@ -17,16 +17,19 @@ import socket
 import sys
 import time
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import httpx
 import psutil
 
 from common.errors import ApiError
-from common.registry import ModelEntry
+from common.registry import ModelEntry, Registry
 
 logger = logging.getLogger("open_speech.supervisor")
 
 PR_SET_PDEATHSIG = 1
+# An external server's /health and model answers are quick; a longer wait means it is not there.
+PROBE_TIMEOUT = 2.0
 
 
 def _die_with_parent() -> None:
@@ -42,35 +45,16 @@ def _free_port() -> int:
 
 
 @dataclass
-class ModelServer:
-    """One running family server."""
+class Served:
+    """A model's server as the router sees it, local or external: its traffic and its settings."""
 
     entry: ModelEntry
-    port: int
-    process: asyncio.subprocess.Process
     loaded_at: float = field(default_factory=time.time)
     last_used: float = field(default_factory=time.time)
     in_flight: int = 0
     stopping: bool = False
     config: dict = field(default_factory=dict)
     idle: asyncio.Event = field(default_factory=asyncio.Event)
-    watcher: asyncio.Task | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def alive(self) -> bool:
-        return self.process.returncode is None
-
-    def memory(self) -> int:
-        """Resident memory of the server and all its processes (LitServe workers included), bytes."""
-        try:
-            root = psutil.Process(self.process.pid)
-            return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
-        except psutil.Error:
-            return 0
 
     def acquire(self) -> None:
         self.in_flight += 1
@@ -84,20 +68,97 @@ class ModelServer:
             self.idle.set()
 
 
-class Supervisor:
-    """Loads and unloads models as family server processes; answers which server serves a model."""
+@dataclass
+class ModelServer(Served):
+    """One family server process the router started."""
 
-    def __init__(self, default: str, keep_alive: float, load_timeout: float) -> None:
-        self.default = default
+    port: int = field(kw_only=True)
+    process: asyncio.subprocess.Process = field(kw_only=True)
+    watcher: asyncio.Task | None = None
+    status = "ready"  # it is in Supervisor.servers only once healthy
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.process.returncode is None
+
+    @property
+    def unavailable_message(self) -> str:
+        return f"The server for model '{self.entry.id}' stopped unexpectedly; it will be restarted on the next request."
+
+    def memory(self) -> int:
+        """Resident memory of the server and all its processes (LitServe workers included), bytes."""
+        try:
+            root = psutil.Process(self.process.pid)
+            return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
+        except psutil.Error:
+            return 0
+
+
+@dataclass
+class ExternalServer(Served):
+    """A family server the router does not run (the registry entry's `url`, e.g. a Kubernetes Service
+    in front of replicas): requests go to it as they come; the router never starts, stops or expires it.
+    """
+
+    status: str = "unknown"  # from the last probe: ready, loading, unreachable or misconfigured
+    detail: str = ""  # why it is not ready, for the client
+    pid = None
+
+    def __post_init__(self) -> None:
+        self.idle.set()
+
+    @property
+    def url(self) -> str:
+        return self.entry.url
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url)
+        return parts.port or (443 if parts.scheme == "https" else 80)
+
+    @property
+    def alive(self) -> bool:
+        return True  # whether it answers shows on each request (503 when it does not)
+
+    @property
+    def unavailable_message(self) -> str:
+        return (
+            f"The server for model '{self.entry.id}' at {self.url} cannot be reached; "
+            "it is managed outside this router (check that its replicas are ready)."
+        )
+
+    def memory(self) -> int:
+        return 0  # another machine's
+
+
+class Supervisor:
+    """Loads and unloads models as family server processes; answers which server serves a model.
+
+    Models with a `url` in the registry are external: in `servers` from the start, probed (never
+    started) by `load`, refused by `unload`, never expired.
+    """
+
+    def __init__(self, registry: Registry, keep_alive: float, load_timeout: float) -> None:
+        self.default = registry.default
         self.keep_alive = keep_alive
         self.load_timeout = load_timeout
-        self.servers: dict[str, ModelServer] = {}
+        self.servers: dict[str, ModelServer | ExternalServer] = {
+            entry.id: ExternalServer(entry) for entry in registry.models.values() if entry.external
+        }
         self.loading: dict[str, asyncio.Task[ModelServer]] = {}
         self._background: set[asyncio.Task] = set()
         self.http = httpx.AsyncClient(timeout=5)
 
-    def expires_at(self, server: ModelServer) -> float | None:
-        if server.entry.id == self.default or self.keep_alive < 0:
+    def expires_at(self, server: ModelServer | ExternalServer) -> float | None:
+        if isinstance(server, ExternalServer) or server.entry.id == self.default or self.keep_alive < 0:
             return None
         return server.last_used + self.keep_alive
 
@@ -107,9 +168,16 @@ class Supervisor:
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
-    async def load(self, entry: ModelEntry) -> ModelServer:
-        """The model's server, started if needed; concurrent callers share one start."""
+    async def load(self, entry: ModelEntry) -> ModelServer | ExternalServer:
+        """The model's server, started if needed; concurrent callers share one start.
+
+        An external model is only probed: 503 with the reason unless its server is ready.
+        """
         server = self.servers.get(entry.id)
+        if isinstance(server, ExternalServer):
+            if await self.probe(server) != "ready":
+                raise ApiError(503, server.detail, code="model_unavailable", headers={"Retry-After": "10"})
+            return server
         if server is not None and server.alive and not server.stopping:
             return server
         task = self.loading.get(entry.id)
@@ -135,7 +203,7 @@ class Supervisor:
         process = await asyncio.create_subprocess_exec(
             *command, env=env, start_new_session=True, preexec_fn=_die_with_parent, stdin=asyncio.subprocess.DEVNULL
         )
-        server = ModelServer(entry, port, process)
+        server = ModelServer(entry, port=port, process=process)
         server.idle.set()
         try:
             await asyncio.wait_for(self._until_healthy(server), self.load_timeout)
@@ -195,6 +263,13 @@ class Supervisor:
         server = self.servers.get(model_id)
         if server is None:
             return False
+        if isinstance(server, ExternalServer):
+            raise ApiError(
+                409,
+                f"Model '{model_id}' is managed externally (served by {server.url}); the router cannot unload it.",
+                param="model",
+                code="model_managed_externally",
+            )
         server.stopping = True
         self.servers.pop(model_id, None)
         try:
@@ -236,6 +311,43 @@ class Supervisor:
     async def shutdown(self) -> None:
         for task in list(self.loading.values()):
             task.cancel()
-        await asyncio.gather(*(self._kill(s, grace=20.0) for s in list(self.servers.values())))
+        started = [s for s in self.servers.values() if isinstance(s, ModelServer)]
+        await asyncio.gather(*(self._kill(s, grace=20.0) for s in started))
         self.servers.clear()
         await self.http.aclose()
+
+    async def probe(self, server: ExternalServer) -> str:
+        """Ask an external server whether it is ready and serves its model; its status, also kept on it."""
+        try:
+            health = await self.http.get(server.url + "/health", timeout=PROBE_TIMEOUT)
+            if health.status_code != 200:
+                server.status = "loading"
+                server.detail = (
+                    f"Model '{server.entry.id}' is served by {server.url}, which is not ready yet "
+                    f"(its /health answered {health.status_code}); retry shortly."
+                )
+                return server.status
+            model = await self.http.get(f"{server.url}/v1/models/{server.entry.id}", timeout=PROBE_TIMEOUT)
+            if model.status_code != 200:
+                server.status = "misconfigured"
+                server.detail = (
+                    f"The server at {server.url} does not serve model '{server.entry.id}' "
+                    f"(start it with --name {server.entry.id})."
+                )
+                return server.status
+            server.config = model.json().get("config", {})
+        except (httpx.HTTPError, ValueError) as exc:
+            server.status = "unreachable"
+            server.detail = (
+                f"Model '{server.entry.id}' is served by {server.url}, which cannot be reached "
+                f"({type(exc).__name__}); it is managed outside this router."
+            )
+            return server.status
+        server.status, server.detail = "ready", ""
+        return server.status
+
+    async def states(self) -> dict[str, str]:
+        """Each loaded or loading model's state; external ones probed now, at once."""
+        external = [s for s in self.servers.values() if isinstance(s, ExternalServer)]
+        await asyncio.gather(*(self.probe(s) for s in external))
+        return {s.entry.id: s.status for s in self.servers.values()} | {model: "loading" for model in self.loading}
