@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as error:
         print(f"open-speech: {error}", file=sys.stderr)
         return 1
+    except httpx.HTTPError as error:  # the connection failed mid-way: the server went away
+        print(f"open-speech: {args.url}: {error!r}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 
@@ -236,29 +239,32 @@ def transcribe(client: httpx.Client, args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _form(args: argparse.Namespace, response_format: str, stream: bool) -> dict[str, Any]:
+def _form(args: argparse.Namespace) -> dict[str, Any]:
     fields = {
         "model": args.model,
-        "response_format": response_format,
+        "response_format": args.response_format,
         "language": args.language,
         "prompt": args.prompt,
         "temperature": None if args.temperature is None else str(args.temperature),
         "timestamp_granularities[]": args.timestamp_granularities or None,
-        "stream": "true" if stream else None,
+        "stream": "true" if args.stream else None,
     }
     return {name: value for name, value in fields.items() if value is not None}
 
 
+def _send(client: httpx.Client, path: Path, args: argparse.Namespace) -> httpx.Response:
+    """POST one file; the response comes back checked, its body not read yet."""
+    with path.open("rb") as audio:
+        files = {"file": (path.name, audio, mimetypes.guess_type(path.name)[0] or "application/octet-stream")}
+        route = "/v1/audio/translations" if args.translate else "/v1/audio/transcriptions"
+        response = client.send(client.build_request("POST", route, files=files, data=_form(args)), stream=True)
+    return _check(response)
+
+
 def _request(client: httpx.Client, path: Path, args: argparse.Namespace) -> str:
     """One file's transcript in the chosen format, as text ending in a newline."""
-    with path.open("rb") as audio:
-        response = _check(
-            client.post(
-                _route(args),
-                files={"file": (path.name, audio, _content_type(path))},
-                data=_form(args, args.response_format, stream=False),
-            )
-        )
+    response = _send(client, path, args)
+    response.read()
     if args.response_format in ("json", "verbose_json"):
         return json.dumps(response.json(), indent=2, ensure_ascii=False) + "\n"
     return response.text if response.text.endswith("\n") else response.text + "\n"
@@ -266,37 +272,23 @@ def _request(client: httpx.Client, path: Path, args: argparse.Namespace) -> str:
 
 def _stream(client: httpx.Client, path: Path, args: argparse.Namespace, header: bool) -> None:
     """Print `transcript.text.delta` events as they arrive (stream=true), then a newline."""
-    with path.open("rb") as audio:
-        request = client.build_request(
-            "POST",
-            _route(args),
-            files={"file": (path.name, audio, _content_type(path))},
-            data=_form(args, "text", stream=True),
-        )
-        response = _check(client.send(request, stream=True))
-        try:
-            if header:
-                print(f"==> {path} <==", flush=True)
-            for line in response.iter_lines():
-                payload = line.removeprefix("data: ")
-                if payload == line or payload == "[DONE]":
-                    continue
-                event = json.loads(payload)
-                if "error" in event:
-                    raise CliError(event["error"].get("message", "the transcription failed"))
-                if event.get("type") == "transcript.text.delta":
-                    print(event["delta"], end="", flush=True)
-            print()
-        finally:
-            response.close()
-
-
-def _route(args: argparse.Namespace) -> str:
-    return "/v1/audio/translations" if args.translate else "/v1/audio/transcriptions"
-
-
-def _content_type(path: Path) -> str:
-    return mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    response = _send(client, path, args)
+    try:
+        if header:
+            print(f"==> {path} <==", flush=True)
+        for line in response.iter_lines():
+            payload = line.removeprefix("data: ")
+            if payload == line or payload == "[DONE]":
+                continue
+            event = json.loads(payload)
+            if "error" in event:
+                print(flush=True)
+                raise CliError(event["error"].get("message", "the transcription failed"))
+            if event.get("type") == "transcript.text.delta":
+                print(event["delta"], end="", flush=True)
+        print()
+    finally:
+        response.close()
 
 
 # ---- pull, ps, models ------------------------------------------------------------------------
