@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import json
 import logging
 import secrets
@@ -27,6 +28,7 @@ if __name__ == "__main__":
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 import httpx
+import numpy as np
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
@@ -38,6 +40,11 @@ from common.config import load
 from common.errors import ApiError, install_error_handlers
 from common.languages import LANGUAGES
 from common.openapi import audio_form
+from common.realtime.endpoint import RealtimeEndpoint
+from common.realtime.protocol import SessionConfig
+from common.realtime.recognizers import ItemDecoder, Redecode
+from common.realtime.recognizers import Request as RealtimeRequest
+from common.realtime.session import DecoderFactory, Limits
 from common.registry import REPO, ModelEntry, Registry
 from common.serving import UploadLimit
 from common.supervisor import ModelServer, Supervisor
@@ -61,6 +68,10 @@ class RouterConfig:
     api_key: str = ""
     cors_origins: list[str] = field(default_factory=list)
     max_upload_mb: float = 100.0
+    realtime_sessions_per_key: int = 32
+    realtime_max_session_seconds: float = 3600.0
+    realtime_max_item_seconds: float = 60.0
+    realtime_interim_seconds: float = 0.5
     log_level: str = "info"
 
 
@@ -119,6 +130,7 @@ class Router:
         app.add_api_route("/api/ps/{model:path}", self.load_model, methods=["POST"])
         app.add_api_route("/api/ps/{model:path}", self.unload_model, methods=["DELETE"])
         app.add_api_route("/api/pull/{model:path}", self.pull, methods=["POST"])
+        app.add_api_websocket_route("/v1/realtime", self.realtime_endpoint())
         app.add_middleware(UploadLimit, max_bytes=int(self.config.max_upload_mb * 1_000_000))
         if self.config.api_key:
             app.add_middleware(BearerAuth, key=self.config.api_key)
@@ -242,6 +254,50 @@ class Router:
         except pull.PullError as exc:
             raise ApiError(exc.status, exc.message, param="model", code="pull_failed") from None
         return _ndjson_response(first, events)
+
+    # ---- the realtime WebSocket -----------------------------------------------------------------
+    def realtime_endpoint(self) -> RealtimeEndpoint:
+        c = self.config
+        limits = Limits(c.realtime_max_session_seconds, c.realtime_max_item_seconds, c.realtime_interim_seconds)
+        return RealtimeEndpoint(self._decoders, self.registry.default, c.api_key, c.realtime_sessions_per_key, limits)
+
+    def _decoders(self, model: str | None) -> DecoderFactory:
+        """How items of a session on `model` are transcribed (raises ApiError for an unknown model)."""
+        entry = self._entry(model or self.registry.default)
+
+        def decoder(config: SessionConfig) -> ItemDecoder:
+            return Redecode(functools.partial(self._realtime_transcribe, entry, config))
+
+        return decoder
+
+    async def _realtime_transcribe(self, entry: ModelEntry, config: SessionConfig, request: RealtimeRequest) -> str:
+        """One realtime decode on the model's family server: raw pcm16 16 kHz in, the text out."""
+        server = await self._server_for(entry)
+        pcm = (np.clip(request.audio, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+        form = {"model": entry.id, "response_format": "json"}
+        if config.language:
+            form["language"] = config.language
+        if config.prompt:
+            form["prompt"] = config.prompt
+        if not request.final:
+            form["temperature"] = "0"  # interim text: greedy, no fallback
+        server.acquire()
+        try:
+            response = await self.http.post(
+                server.url + "/v1/audio/transcriptions",
+                data=form,
+                files={"file": ("audio.pcm", pcm, "audio/pcm;rate=16000")},
+                headers={"x-request-id": request_id.get()},
+            )
+        except httpx.TransportError as exc:
+            raise self._unavailable(server, exc) from None
+        finally:
+            server.release()
+        body = response.json()
+        if response.status_code != 200:
+            error = body.get("error", {})
+            raise ApiError(response.status_code, error.get("message", "Transcription failed."), code=error.get("code"))
+        return body["text"]
 
     # ---- the audio routes ---------------------------------------------------------------------
     async def transcriptions(self, request: Request) -> Response:

@@ -18,17 +18,26 @@ import websockets
 TRANSCRIPTION = "conversation.item.input_audio_transcription"
 
 
-def pcm16(path: Path, rate: int = 24_000) -> bytes:
-    """A file's audio as mono pcm16 little-endian at `rate` (what Realtime clients send)."""
+def encode(path: Path, rate: int = 24_000, codec: str = "pcm_s16le") -> bytes:
+    """A file's audio as raw mono samples at `rate`: pcm16 little-endian, or G.711 (pcm_mulaw, pcm_alaw)."""
     with av.open(str(path)) as container:
         resampler = av.AudioResampler(format="s16", layout="mono", rate=rate)
         frames = [out for frame in container.decode(audio=0) for out in resampler.resample(frame)]
         frames += resampler.resample(None)
-    return np.concatenate([f.to_ndarray()[0] for f in frames]).astype("<i2").tobytes()
+    samples = np.concatenate([f.to_ndarray()[0] for f in frames]).astype("<i2")
+    if codec == "pcm_s16le":
+        return samples.tobytes()
+    encoder = av.CodecContext.create(codec, "w")
+    encoder.sample_rate, encoder.layout, encoder.format = rate, "mono", "s16"
+    frame = av.AudioFrame.from_ndarray(samples[None], format="s16", layout="mono")
+    frame.sample_rate = rate
+    return b"".join(bytes(packet) for packet in [*encoder.encode(frame), *encoder.encode(None)])
 
 
-def silence(seconds: float, rate: int = 24_000) -> bytes:
-    return bytes(2 * int(seconds * rate))
+def silence(seconds: float, rate: int = 24_000, codec: str = "pcm_s16le") -> bytes:
+    if codec == "pcm_s16le":
+        return bytes(2 * int(seconds * rate))
+    return {"pcm_mulaw": b"\xff", "pcm_alaw": b"\xd5"}[codec] * int(seconds * rate)  # G.711's zero
 
 
 @dataclass

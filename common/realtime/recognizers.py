@@ -36,30 +36,47 @@ Transcribe = Callable[[Request], Awaitable[str]]
 
 
 class ItemDecoder(Protocol):
-    async def add(self, audio: np.ndarray) -> str:
-        """More audio of the item while the speaker talks: the text to append (may be empty)."""
+    """One item's text. `add` takes audio as it arrives; `interim` and `final` decode what was added."""
+
+    # Whether `final` may run before the item is committed, and be run again if more audio comes:
+    # true when it changes no state, so a turn's transcript can be decoded during its silence window.
+    speculative: bool
+
+    def add(self, audio: np.ndarray) -> None: ...
+
+    async def interim(self) -> str:
+        """The text to append to what was sent so far (may be empty)."""
         ...
 
-    async def finish(self, audio: np.ndarray) -> tuple[str, str]:
-        """The item's last audio: the last delta and the whole transcript."""
+    async def final(self) -> str:
+        """The whole transcript of the audio added so far."""
+        ...
+
+    def close(self, transcript: str) -> str:
+        """The last delta, once `transcript` (a `final` result) is the item's."""
         ...
 
 
 class Redecode:
+    speculative = True
+
     def __init__(self, transcribe: Transcribe) -> None:
         self.transcribe = transcribe
         self.audio: list[np.ndarray] = []
         self.emitted: list[str] = []
 
-    async def add(self, audio: np.ndarray) -> str:
+    def add(self, audio: np.ndarray) -> None:
         self.audio.append(audio)
+
+    async def interim(self) -> str:
         words = (await self.transcribe(Request(np.concatenate(self.audio), final=False))).split()
         return self._extend(words[:-1])
 
-    async def finish(self, audio: np.ndarray) -> tuple[str, str]:
-        self.audio.append(audio)
-        text = await self.transcribe(Request(np.concatenate(self.audio), final=True))
-        return self._extend(text.split()), text
+    async def final(self) -> str:
+        return await self.transcribe(Request(np.concatenate(self.audio), final=True))
+
+    def close(self, transcript: str) -> str:
+        return self._extend(transcript.split())
 
     def _extend(self, words: list[str]) -> str:
         """The delta that takes the emitted words to `words`, or '' when they no longer agree."""
@@ -72,20 +89,34 @@ class Redecode:
 
 
 class Incremental:
+    speculative = False  # the last step ends the worker's stream
+
     def __init__(self, transcribe: Transcribe) -> None:
         self.transcribe = transcribe
         self.live_id = new_id("live")
+        self.pending: list[np.ndarray] = []
         self.text = ""
+        self.last = ""
 
-    async def add(self, audio: np.ndarray) -> str:
-        delta = await self.transcribe(Request(audio, final=False, live_id=self.live_id))
+    def add(self, audio: np.ndarray) -> None:
+        self.pending.append(audio)
+
+    async def interim(self) -> str:
+        delta = await self._step(final=False)
         self.text += delta
         return delta
 
-    async def finish(self, audio: np.ndarray) -> tuple[str, str]:
-        delta = await self.transcribe(Request(audio, final=True, live_id=self.live_id))
-        self.text += delta
-        return delta, self.text.strip()
+    async def final(self) -> str:
+        self.last = await self._step(final=True)
+        return (self.text + self.last).strip()
+
+    def close(self, transcript: str) -> str:
+        return self.last
+
+    async def _step(self, final: bool) -> str:
+        audio = np.concatenate(self.pending) if self.pending else np.zeros(0, np.float32)
+        self.pending = []
+        return await self.transcribe(Request(audio, final=final, live_id=self.live_id))
 
 
 def _plain(words: list[str]) -> list[str]:

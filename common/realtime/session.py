@@ -3,9 +3,14 @@
 Audio appended by the client is decoded to 16 kHz and, with server VAD, scored frame by frame. A turn
 opens an item when speech starts (its audio reaching `prefix_padding_ms` back) and commits it when
 the silence has lasted `silence_duration_ms`; without VAD an item opens at the first audio and is
-committed by `input_audio_buffer.commit`. Each item has a task that asks its `ItemDecoder` for interim
-text every `interim_seconds` of new audio while the item is open, then for the final transcript once
-committed. Items complete in the order they were committed.
+committed by `input_audio_buffer.commit`.
+
+Each item has a task that asks its `ItemDecoder` for interim text every `interim_seconds` of new
+audio. With VAD, the item's audio ends `vad.TAIL_MS` into the silence (the "pause"); audio after it is
+held back, and the final transcript is decoded at once, speculatively, while the silence window runs
+out: if speech resumes, the held audio joins the item and the speculation is dropped; if the turn
+ends, the speculation is the final transcript, ready (or nearly) when the item is committed. Items
+complete in the order they were committed.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from common.errors import ApiError
 from common.realtime.audio import InputDecoder
 from common.realtime.protocol import SessionConfig, error_event, new_id
 from common.realtime.recognizers import ItemDecoder
-from common.realtime.vad import TurnDetector
+from common.realtime.vad import Boundary, TurnDetector
 
 logger = logging.getLogger("open_speech.realtime")
 
@@ -45,11 +50,15 @@ class Limits:
     interim_seconds: float = 0.5  # new audio between interim decodes
 
 
+PAUSE = "pause"  # item queue marker: the turn may end here
+COMMIT = "commit"  # item queue marker: the item is committed
+
+
 @dataclass
 class Item:
     id: str
     start: int  # first sample, in the session's 16 kHz timeline
-    queue: asyncio.Queue[np.ndarray | None] = field(default_factory=asyncio.Queue)
+    queue: asyncio.Queue[np.ndarray | str] = field(default_factory=asyncio.Queue)
     samples: int = 0
     task: asyncio.Task | None = None
 
@@ -70,6 +79,8 @@ class Session:
         self.decoder = InputDecoder(config.input_format)
         self.vad = TurnDetector(config.turn_detection) if config.turn_detection else None
         self.recent = np.zeros(0, np.float32)  # audio not in an item, kept for the prefix padding
+        self.holding = False  # between a pause and the end of the turn (or the speech resuming)
+        self.held: list[np.ndarray] = []  # the audio since the pause: the item's if speech resumes
         self.samples = 0  # 16 kHz samples received in all
         self.item: Item | None = None  # the open (not yet committed) item
         self.previous_id: str | None = None  # the last committed item
@@ -166,20 +177,41 @@ class Session:
             cut = max(boundary.sample - start, position)
             self._route(audio[position:cut], start + position)
             position = cut
-            if boundary.start:
-                self._speech_started(start + position)
-            elif self.item is not None:
-                self._speech_stopped(boundary.sample)
+            self._boundary(boundary, start + position)
         self._route(audio[position:], start + position)
 
-    def _route(self, audio: np.ndarray, at: int) -> None:
-        """Audio starting at sample `at`: to the open item, or kept as the next turn's prefix padding."""
-        if self.item is not None:
-            self._to_item(audio, at)
+    def _boundary(self, boundary: Boundary, at: int) -> None:
+        if boundary.kind == "start":
+            self._speech_started(at)
             return
-        turn = self.config.turn_detection
-        keep = turn.prefix_padding_ms * SAMPLE_RATE // 1000 if turn else 0
-        self.recent = np.concatenate([self.recent, audio])[-keep:] if keep else self.recent[:0]
+        if self.item is None:  # the buffer was cleared during this turn
+            return
+        if boundary.kind == "pause":
+            self.holding = True
+            self.item.queue.put_nowait(PAUSE)
+            return
+        held = self._release_held()
+        if boundary.kind == "resume":
+            self._to_item(held, at - len(held))
+        else:
+            self._speech_stopped(boundary.speech_end)
+            self._route(held, at)
+
+    def _release_held(self) -> np.ndarray:
+        held = np.concatenate(self.held) if self.held else np.zeros(0, np.float32)
+        self.holding, self.held = False, []
+        return held
+
+    def _route(self, audio: np.ndarray, at: int) -> None:
+        """Audio starting at sample `at`: to the open item, held after a pause, or kept as prefix padding."""
+        if self.holding:
+            self.held.append(audio)
+        elif self.item is not None:
+            self._to_item(audio, at)
+        else:
+            turn = self.config.turn_detection
+            keep = turn.prefix_padding_ms * SAMPLE_RATE // 1000 if turn else 0
+            self.recent = np.concatenate([self.recent, audio])[-keep:] if keep else self.recent[:0]
 
     def _to_item(self, audio: np.ndarray, at: int) -> None:
         if not len(audio):
@@ -191,7 +223,7 @@ class Session:
         item.samples += len(audio)
         if item.samples >= self.limits.max_item_seconds * SAMPLE_RATE:
             # A turn this long is cut: committed here, continued as a new item.
-            self._commit(at + len(audio))
+            self._commit()
             if self.vad is not None and self.vad.speaking:
                 self._speech_started(at + len(audio), padded=False)
 
@@ -206,10 +238,10 @@ class Session:
             item.queue.put_nowait(padding)
             item.samples += len(padding)
 
-    def _speech_stopped(self, sample: int) -> None:
+    def _speech_stopped(self, speech_end: int) -> None:
         item = self.item
-        self.send({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": _ms(sample), "item_id": item.id})
-        self._commit(sample)
+        self.send({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": _ms(speech_end), "item_id": item.id})
+        self._commit()
 
     def _open(self, start: int) -> Item:
         item = Item(id=new_id("item"), start=start)
@@ -234,19 +266,22 @@ class Session:
                 )
             )
             return
-        self._commit(self.samples)
+        self._commit()
 
-    def _commit(self, sample: int) -> None:
+    def _commit(self) -> None:
         item, self.item = self.item, None
+        if self.holding:  # a commit by the client during a pause: the held audio is the item's
+            item.queue.put_nowait(self._release_held())
         self.send({"type": "input_audio_buffer.committed", "previous_item_id": self.previous_id, "item_id": item.id})
         self.previous_id = item.id
-        item.queue.put_nowait(None)
+        item.queue.put_nowait(COMMIT)
 
     def _clear(self) -> None:
         item, self.item = self.item, None
         if item is not None and item.task is not None:
             item.task.cancel()
         self.recent = self.recent[:0]
+        self._release_held()
         self.send({"type": "input_audio_buffer.cleared"})
 
     def _spawn(self, coroutine: Any) -> asyncio.Task:
@@ -263,49 +298,24 @@ class Session:
         previous_completed: asyncio.Event,
         done: asyncio.Event,
     ) -> None:
-        """Interim deltas while the item is open, then (in commit order) the last delta and `completed`."""
+        """The item's events: interim deltas while it is open, then (in commit order) its last delta and
+        `completed`, or `failed`."""
         try:
-            decoder = factory(self.config) if factory else None
-            pending: list[np.ndarray] = []
-            while True:
-                chunk = await item.queue.get()
-                committed = chunk is None
-                if chunk is not None:
-                    pending.append(chunk)
-                while not committed and not item.queue.empty():
-                    chunk = item.queue.get_nowait()
-                    committed = chunk is None
-                    if chunk is not None:
-                        pending.append(chunk)
-                if committed:
-                    break
-                if decoder is None or sum(map(len, pending)) < self.limits.interim_seconds * SAMPLE_RATE:
-                    continue
-                audio, pending = np.concatenate(pending), []
-                try:
-                    delta = await decoder.add(audio)
-                except ApiError as exc:
-                    logger.warning("interim transcription failed: %s", exc.message)
-                    continue
-                self._delta(item, delta)
-            tail = np.concatenate(pending) if pending else np.zeros(0, np.float32)
             try:
-                if decoder is None:
+                if factory is None:
                     raise failure or ApiError(500, "No model to transcribe with.")
-                delta, transcript = await decoder.finish(tail)
-            except ApiError as exc:
+                decoder = factory(self.config)
+                transcript = await self._decode(item, decoder)
+            except Exception as exc:
+                if not isinstance(exc, ApiError):
+                    logger.exception("realtime transcription failed")
+                    exc = ApiError(500, "The transcription failed.", code="transcription_failed")
                 await previous_completed.wait()
-                self.send(
-                    {
-                        "type": f"{TRANSCRIPTION}.failed",
-                        "item_id": item.id,
-                        "content_index": 0,
-                        "error": {"type": "server_error", "code": exc.code, "message": exc.message, "param": None},
-                    }
-                )
+                error = {"type": "server_error", "code": exc.code, "message": exc.message, "param": None}
+                self.send({"type": f"{TRANSCRIPTION}.failed", "item_id": item.id, "content_index": 0, "error": error})
                 return
             await previous_completed.wait()
-            self._delta(item, delta)
+            self._delta(item, decoder.close(transcript))
             self.send(
                 {
                     "type": f"{TRANSCRIPTION}.completed",
@@ -317,6 +327,41 @@ class Session:
             )
         finally:
             done.set()
+
+    async def _decode(self, item: Item, decoder: ItemDecoder) -> str:
+        """Feed the item's audio to `decoder` as it comes, with interim decodes; its final transcript."""
+        interim: asyncio.Task | None = None
+        speculation: asyncio.Task | None = None
+        new = 0  # samples added since the last interim decode
+        try:
+            while (message := await item.queue.get()) is not COMMIT:
+                if message is PAUSE:
+                    if decoder.speculative:
+                        speculation = asyncio.create_task(decoder.final())
+                    continue
+                decoder.add(message)
+                new += len(message)
+                if speculation is not None:  # speech resumed: the turn goes on
+                    speculation.cancel()
+                    speculation = None
+                if new >= self.limits.interim_seconds * SAMPLE_RATE and (interim is None or interim.done()):
+                    new = 0
+                    interim = asyncio.create_task(self._interim(item, decoder))
+            if interim is not None:
+                if decoder.speculative:
+                    interim.cancel()  # the final decode supersedes it
+                await asyncio.gather(interim, return_exceptions=True)
+            return await (speculation or decoder.final())
+        finally:
+            for task in (interim, speculation):
+                if task is not None and not task.done():
+                    task.cancel()
+
+    async def _interim(self, item: Item, decoder: ItemDecoder) -> None:
+        try:
+            self._delta(item, await decoder.interim())
+        except ApiError as exc:
+            logger.warning("interim transcription failed: %s", exc.message)
 
     def _delta(self, item: Item, text: str) -> None:
         if text:
