@@ -1,30 +1,86 @@
-# open-speech, CPU image: the router with the faster-whisper family, embedded default model loaded.
-#   docker build -t open-speech .   &&   docker run -p 8000:8000 open-speech
-# The install steps live in .ci/setup.sh, which CI runs too.
+# open-speech images. Each runs the router (servers/router.py) on port 8000 under tini, as user speech (uid 1000).
+#   docker build --target cpu  -t open-speech:cpu  .   faster-whisper and ONNX on CPU
+#   docker build --target cuda -t open-speech:cuda .   faster-whisper and ONNX on NVIDIA GPUs (CUDA 12, cuDNN 9)
+#   docker build --target nemo -t open-speech:nemo .   cuda plus NVIDIA NeMo (Parakeet, Canary, streaming)
+# The Python install steps live in .ci/setup.sh, which CI runs too; a stage adds only what its base
+# lacks (Python 3.11 on the CUDA base, tini). Everything is installed by root and read-only to speech,
+# which writes only the Hugging Face cache volume.
+
+# ---- cpu ---------------------------------------------------------------------------------------
 FROM python:3.11-slim-bookworm AS cpu
 
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends tini \
+    && rm -rf /var/lib/apt/lists/*
+RUN useradd --create-home --uid 1000 speech \
+    && mkdir -p /data/huggingface \
+    && chown speech:speech /data/huggingface
+
 ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
     HF_HOME=/data/huggingface \
     OPEN_SPEECH_HOST=0.0.0.0
-
-RUN useradd --create-home --uid 1000 speech \
-    && mkdir -p /app /data/huggingface \
-    && chown -R speech:speech /app /data
 WORKDIR /app
-USER speech
+COPY pyproject.toml README.md ./
+COPY .ci ./.ci
+COPY common ./common
+COPY specs ./specs
+COPY servers ./servers
+COPY configs ./configs
+RUN bash .ci/setup.sh onnx
 
-COPY --chown=speech:speech pyproject.toml README.md ./
-COPY --chown=speech:speech .ci ./.ci
-COPY --chown=speech:speech common ./common
-COPY --chown=speech:speech specs ./specs
-COPY --chown=speech:speech servers ./servers
-COPY --chown=speech:speech configs ./configs
-RUN bash .ci/setup.sh
-
+USER 1000:1000
 VOLUME ["/data/huggingface"]
 EXPOSE 8000
-HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
+HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
     CMD ["/app/.venv/bin/python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health')"]
-# The router handles SIGTERM itself: it stops every family server it started, then exits.
+# tini is PID 1: it passes SIGTERM to the router, which stops every family server it started (in-flight
+# requests finish first, up to 30 s), and it reaps whatever those leave behind.
+ENTRYPOINT ["tini", "--"]
 CMD ["/app/.venv/bin/python", "servers/router.py"]
+
+# ---- cuda --------------------------------------------------------------------------------------
+# CTranslate2 4.x and onnxruntime-gpu need CUDA 12 with cuDNN 9: the cudnn runtime image has both.
+FROM nvidia/cuda:12.6.3-cudnn-runtime-ubuntu22.04 AS cuda
+
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3.11 python3.11-venv tini \
+    && rm -rf /var/lib/apt/lists/*
+RUN useradd --create-home --uid 1000 speech \
+    && mkdir -p /data/huggingface \
+    && chown speech:speech /data/huggingface
+
+ENV PYTHON=python3.11 \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    HF_HOME=/data/huggingface \
+    OPEN_SPEECH_HOST=0.0.0.0
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY .ci ./.ci
+COPY common ./common
+COPY specs ./specs
+COPY servers ./servers
+COPY configs ./configs
+RUN bash .ci/setup.sh cuda,onnx
+
+USER 1000:1000
+VOLUME ["/data/huggingface"]
+EXPOSE 8000
+HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
+    CMD ["/app/.venv/bin/python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health')"]
+ENTRYPOINT ["tini", "--"]
+CMD ["/app/.venv/bin/python", "servers/router.py"]
+
+# ---- nemo --------------------------------------------------------------------------------------
+FROM cuda AS nemo
+
+USER 0:0
+RUN bash .ci/setup.sh cuda,onnx,nemo
+USER 1000:1000

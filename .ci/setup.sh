@@ -3,13 +3,22 @@
 #   bash .ci/setup.sh               the router and the faster-whisper family
 #   bash .ci/setup.sh nemo          plus the NVIDIA NeMo family (also: onnx, or nemo,onnx)
 #   bash .ci/setup.sh test          everything, plus what the tests need (the ffmpeg command, test packages)
-# The Dockerfile and CI run this same script.
+#   bash .ci/setup.sh cuda,onnx     NVIDIA GPU builds: onnxruntime-gpu in place of onnxruntime (and with
+#                                   nemo, torch's CUDA wheels even where no GPU is visible, as in docker build)
+# The Dockerfile (every target) and CI run this same script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 python="${PYTHON:-python3}"
 extras="${1:-}"
 [ "$extras" = "test" ] && extras="test,nemo,onnx"
+cuda=false
+if [[ ",$extras," == *",cuda,"* ]]; then  # not a package extra: a choice of builds
+  cuda=true
+  extras=",$extras,"
+  extras="${extras//,cuda,/,}"
+  extras="${extras#,}" && extras="${extras%,}"
+fi
 
 if [[ ",$extras," == *",test,"* ]] && ! command -v ffmpeg >/dev/null; then
   # Tests make mp3/ogg/webm/m4a copies of corpus clips with the ffmpeg command.
@@ -20,8 +29,15 @@ fi
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 pip=(.venv/bin/python -m pip install -q)
 "${pip[@]}" --upgrade pip
-if [[ ",$extras," == *",nemo,"* ]] && ! command -v nvidia-smi >/dev/null; then
+if [[ ",$extras," == *",nemo,"* ]] && ! $cuda && ! command -v nvidia-smi >/dev/null; then
   # NeMo needs torch; without a GPU take the CPU build, pinned first so nothing pulls CUDA wheels.
   "${pip[@]}" torch==2.13.0
 fi
 "${pip[@]}" -e ".${extras:+[$extras]}"
+if $cuda; then
+  # onnxruntime-gpu and onnxruntime (which faster-whisper requires) install the same module: remove the CPU
+  # build, then force in the GPU build of the same version (CUDA 12 and cuDNN 9, like CTranslate2 4.x).
+  ort=$(.venv/bin/python -c "import importlib.metadata as m; print(m.version('onnxruntime'))")
+  .venv/bin/python -m pip uninstall -q -y onnxruntime
+  "${pip[@]}" --force-reinstall --no-deps "onnxruntime-gpu==$ort"
+fi
