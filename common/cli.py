@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -162,7 +162,7 @@ def _background_router(url: str, api_key: str) -> Iterator[str]:
             _stop(process)
 
 
-def _wait_healthy(process: subprocess.Popen[bytes], url: str, log: Any) -> None:
+def _wait_healthy(process: subprocess.Popen[bytes], url: str, log: IO[bytes]) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
