@@ -1,13 +1,21 @@
 """An ONNX model through the server, beside the faster-whisper family and onnx-asr in-process, in one run.
 
     .venv/bin/python bench/onnx_family.py --model istupakov/parakeet-tdt-0.6b-v2-onnx --quantization int8
-    .venv/bin/python bench/onnx_family.py            # no --model: the tiny exported TDT model (tests/onnx_models.py)
+    .venv/bin/python bench/onnx_family.py               # no --model: a random Parakeet-110m-sized TDT export
+    .venv/bin/python bench/onnx_family.py --size tiny   # the tests' tiny exported TDT model
 
 Starts `servers/onnx.py` on the model with `--max-batch-size B` and sends the corpus from N closed-loop
 clients; then does the same with `servers/faster_whisper.py` on its defaults (bundled tiny.en, CPU int8);
 then runs onnx-asr in this process on the same model and clips (its VAD adapter on the same Silero model,
-batch B), and prints RTFx (audio seconds / wall seconds) side by side. With the tiny model it measures
-only what the serving machinery sustains; with real weights it is the figure to compare families by.
+batch B, the server's onnxruntime session options), and prints RTFx (audio seconds / wall seconds) side
+by side.
+
+Without `--model` the model is built by tests/onnx_models.py (cached under .cache/onnx/, about a minute
+and 460 MB for 110m): random weights in the published export layout, so the figures measure compute and
+serving cost, not accuracy (the text is gibberish). `110m` has the dimensions of parakeet-tdt_ctc-110m
+and emits about as many tokens per second as a trained Parakeet, so its compute is representative of
+that model (parakeet-tdt-0.6b has about 5x its weights); `tiny` has almost no compute, and measures
+only what the serving machinery sustains.
 """
 
 from __future__ import annotations
@@ -27,10 +35,16 @@ def inprocess_rtfx(args: argparse.Namespace, clips: list[Clip]) -> float:
     """onnx-asr alone: its VAD adapter over the whole list, `batch` pieces per call, as the server is set up."""
     import onnx_asr
 
-    from servers.onnx import BundledSileroVad, OnnxConfig, _source
+    from servers.onnx import BundledSileroVad, OnnxConfig, _source, resolve_auto, session_options
 
-    model, path = _source(OnnxConfig(model=args.model, model_type=args.model_type))
-    asr = onnx_asr.load_model(model, path, quantization=args.quantization or None)  # type: ignore[arg-type]
+    config = resolve_auto(OnnxConfig(model=args.model, model_type=args.model_type, device="cpu"))
+    model, path = _source(config)
+    asr = onnx_asr.load_model(
+        model,  # type: ignore[arg-type]
+        path,
+        quantization=args.quantization or None,
+        sess_options=session_options(config),
+    )
     if args.vad:
         asr = asr.with_vad(BundledSileroVad(), batch_size=args.batch_size, max_speech_duration_s=20)
 
@@ -51,7 +65,8 @@ def inprocess_rtfx(args: argparse.Namespace, clips: list[Clip]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="hub repo id, onnx-asr name or folder (default: the tiny exported model)")
+    parser.add_argument("--model", help="hub repo id, onnx-asr name or folder (default: a random --size export)")
+    parser.add_argument("--size", choices=["110m", "tiny"], default="110m", help="the random model without --model")
     parser.add_argument("--model-type", default="")
     parser.add_argument("--quantization", default="")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -64,7 +79,8 @@ def main() -> None:
     if args.model is None:
         from tests.onnx_models import build_tdt_onnx
 
-        args.model = str(build_tdt_onnx(CACHE / "onnx" / "tiny-tdt"))
+        args.model = str(build_tdt_onnx(CACHE / "onnx" / f"{args.size}-tdt", args.size))
+        print(f"random-weight {args.size} TDT export: compute and serving cost, not accuracy (the text is gibberish)")
     clips = [c for name in args.corpus for c in corpus(name)]
     print(
         f"{args.model}: {len(clips)} clips, {sum(c.duration for c in clips) / 60:.1f} min x {args.rounds} rounds, "
