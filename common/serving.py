@@ -11,6 +11,7 @@ import litserve as ls
 from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from common import metrics
 from common.config import ServerConfig
 from common.errors import ApiError, install_error_handlers
 
@@ -77,20 +78,28 @@ def serve(
     api: ls.LitAPI, config: ServerConfig, accelerator: str, devices: int | str = "auto", workers_per_device: int = 1
 ) -> None:
     """Start LitServe with `api` and block until SIGINT or SIGTERM."""
+    card = api.spec.model  # the OpenAIAudioSpec's model card
+    metrics.setup(card.family)  # before LitServe starts the processes that record metrics
     server = ls.LitServer(
         api,
         accelerator=accelerator,
         devices=devices,
         workers_per_device=workers_per_device,
         timeout=config.queue_timeout,
-        middlewares=[(UploadLimit, {"max_bytes": int(config.max_upload_mb * 1_000_000)})],
+        middlewares=[
+            (UploadLimit, {"max_bytes": int(config.max_upload_mb * 1_000_000)}),
+            (metrics.RequestMetrics, {"layer": "server", "model": card.id}),
+        ],
     )
     install_error_handlers(server.app)
     _stop_on_sigterm()
-    server.run(
-        host=config.host,
-        port=config.port,
-        num_api_servers=config.api_servers,
-        log_level=config.log_level,
-        generate_client_file=False,
-    )
+    try:
+        server.run(
+            host=config.host,
+            port=config.port,
+            num_api_servers=config.api_servers,
+            log_level=config.log_level,
+            generate_client_file=False,
+        )
+    finally:
+        metrics.cleanup()

@@ -35,7 +35,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import Response, StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from common import pull
+from common import metrics, pull
 from common.config import load
 from common.errors import ApiError, install_error_handlers
 from common.languages import LANGUAGES
@@ -131,6 +131,7 @@ class Router:
         app.add_api_route("/api/ps/{model:path}", self.unload_model, methods=["DELETE"])
         app.add_api_route("/api/pull/{model:path}", self.pull, methods=["POST"])
         app.add_api_websocket_route("/v1/realtime", self.realtime_endpoint())
+        app.add_api_route("/metrics", self.prometheus, methods=["GET"], include_in_schema=False)
         app.add_middleware(UploadLimit, max_bytes=int(self.config.max_upload_mb * 1_000_000))
         if self.config.api_key:
             app.add_middleware(BearerAuth, key=self.config.api_key)
@@ -143,10 +144,12 @@ class Router:
                 expose_headers=["x-request-id"],
             )
         app.add_middleware(RequestId)
+        app.add_middleware(metrics.RequestMetrics, layer="router")
         return app
 
     @asynccontextmanager
     async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
+        metrics.setup("router")  # before any family server starts: theirs go below the router's directory
         expiry = asyncio.create_task(self.supervisor.expire_idle())
         default = self.registry.models[self.registry.default]
         if self.config.preload_default and not default.external:  # an external default is not ours to start
@@ -157,11 +160,21 @@ class Router:
             expiry.cancel()
             await self.supervisor.shutdown()
             await self.http.aclose()
+            metrics.cleanup()
 
-    # ---- health and models ----------------------------------------------------------------------
+    # ---- health, metrics and models -------------------------------------------------------------
     async def health(self) -> dict[str, Any]:
         """The router is alive; `models` tells which loaded (or external) models are ready."""
         return {"status": "ok", "models": await self.supervisor.states()}
+
+    async def prometheus(self) -> Response:
+        """Prometheus metrics of the router and of every family server it started (see `common.metrics`)."""
+        models = [
+            metrics.LoadedModel(s.entry.id, s.entry.family, s.status, s.in_flight)
+            for s in self.supervisor.servers.values()
+        ]
+        models += [metrics.LoadedModel(m, self.registry.models[m].family, "loading") for m in self.supervisor.loading]
+        return metrics.response(models)
 
     async def list_models(self) -> dict[str, Any]:
         return {"object": "list", "data": [self._model_entry(e) for e in self.registry.models.values()]}
@@ -314,7 +327,9 @@ class Router:
                 raise ApiError(
                     422, "Missing required parameter: 'model'.", param="model", code="missing_required_parameter"
                 )
-            server = await self._server_for(self._entry(model))
+            entry = self._entry(model)
+            request.state.model = entry.id  # the metrics label
+            server = await self._server_for(entry)
         except BaseException:
             upload.close()
             raise

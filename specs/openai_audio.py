@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from litserve.specs.base import LitSpec
 from litserve.utils import LitAPIStatus, ResponseBufferItem, WorkerSetupStatus
 
+from common import metrics
 from common.audio import AudioError, AudioLimits, decode
 from common.errors import ApiError
 from common.formats import RESPONSE_FORMATS, logprobs, render, usage
@@ -55,6 +56,7 @@ class OpenAIAudioSpec(LitSpec):
         self.add_endpoint("/v1/audio/translations", self.translations, ["POST"])
         self.add_endpoint("/v1/models", self.list_models, ["GET"])
         self.add_endpoint("/v1/models/{model_id:path}", self.get_model, ["GET"])
+        self.add_endpoint("/metrics", self.prometheus, ["GET"])
 
     # Worker side: jobs pass through unchanged; each step is one event (or a list, one per batch item).
     def decode_request(self, request: TranscriptionJob, context_kwargs: dict | None = None) -> TranscriptionJob:
@@ -128,6 +130,10 @@ class OpenAIAudioSpec(LitSpec):
             raise _unknown_model(model_id)
         return {**self._model_entry(model_id), "config": self.model.settings}
 
+    async def prometheus(self) -> Response:
+        """Prometheus metrics of this server's processes (see `common.metrics`)."""
+        return metrics.response()
+
     # ---- request handling ---------------------------------------------------------------------
     async def _handle(
         self,
@@ -166,6 +172,7 @@ class OpenAIAudioSpec(LitSpec):
         )
         events = self._submit(job)
         first = await _next_event(events)  # errors surface here, before any byte is sent
+        metrics.audio_processed(self.model.id, task, job.duration)
         if form.stream:
             return StreamingResponse(
                 self._sse(first, events, form.logprobs),
@@ -222,6 +229,8 @@ class OpenAIAudioSpec(LitSpec):
         self, uid: uuid.UUID, queue: deque, event: asyncio.Event, job: TranscriptionJob
     ) -> AsyncIterator[dict[str, Any]]:
         """The worker's events for one job; worker errors become `ApiError`s."""
+        depth = metrics.queue_depth(self.model.id)
+        depth.inc()
         try:
             # The manager queue's put blocks on IPC: keep it off the event loop.
             await asyncio.to_thread(self.request_queue.put, (self.response_queue_id, uid, time.monotonic(), job))
@@ -235,6 +244,7 @@ class OpenAIAudioSpec(LitSpec):
                     raise ApiError(message["status"], message["message"], code=message.get("code"))
                 yield message
         finally:
+            depth.dec()
             self.response_buffer.pop(uid, None)
 
     async def _sse(
