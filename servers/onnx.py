@@ -11,8 +11,9 @@ timestamps, and Silero VAD segmentation. This server adds what a server needs on
 
 - Cross-request batching: every job LitServe batched together is cut into pieces (VAD speech segments,
   or fixed windows of `max_segment_seconds` without VAD), and the pieces of all jobs are recognized
-  together, `max_batch_size` per onnx-asr batch call, taken round-robin across jobs so each gets its
-  first text early. Each decoded piece is one segment, sent at once (`stream=true` sees it as a delta),
+  together: round by round across jobs (every job's first piece in the first round, so each gets its
+  first text early), by length within a round, at most `max_batch_size` pieces and `MAX_PADDING` padding
+  per onnx-asr batch call. Each decoded piece is one segment, sent at once (`stream=true` sees it as a delta),
   its times shifted back to their place in the request's audio; words come from the token timestamps.
 - A batch that fails is retried piece by piece, so one bad request fails alone.
 """
@@ -52,6 +53,8 @@ from common.transcript import Segment, Word
 
 logger = logging.getLogger("open_speech.onnx")
 CUDA = "CUDAExecutionProvider"
+# Most padding one onnx-asr batch call may carry, as a fraction of its audio (see OnnxAPI._batches).
+MAX_PADDING = 0.25
 
 
 @dataclass
@@ -157,6 +160,9 @@ class _Piece:
     start: int
     end: int
 
+    def __len__(self) -> int:
+        return self.end - self.start
+
 
 class OnnxAPI(FamilyAPI):
     config: OnnxConfig
@@ -165,6 +171,9 @@ class OnnxAPI(FamilyAPI):
         providers: list[Any] = ["CPUExecutionProvider"]
         if device.startswith("cuda"):
             providers = [(CUDA, {"device_id": int(device.partition(":")[2] or 0)}), *providers]
+            # CUDA and cuDNN from NVIDIA's pip wheels (onnxruntime-gpu[cuda,cudnn]) are not on the loader's
+            # path: load them first. Where they are missing, onnxruntime falls back to the CPU provider.
+            rt.preload_dlls()
         model, path = _source(self.config)
         asr = onnx_asr.load_model(
             model,  # type: ignore[arg-type]
@@ -178,12 +187,13 @@ class OnnxAPI(FamilyAPI):
         # Seconds per encoder frame: a token's timestamp is where its frame starts.
         self.frame = getattr(self.asr, "window_step", 0.01) * getattr(self.asr, "_subsampling_factor", 8)
         self.vad = BundledSileroVad() if self.config.vad else None
+        encoder = getattr(self.asr, "_encoder", None)  # onnx-asr's encoder session, where the model has one
         logger.info(
             "loaded %s (%s%s) on %s with %d threads, vad %s",
             self.config.model,
             type(self.asr).__name__,
             f", {self.config.quantization}" if self.config.quantization else "",
-            device,
+            ", ".join(encoder.get_providers()) if isinstance(encoder, rt.InferenceSession) else device,
             self.config.threads,
             "on" if self.vad else "off",
         )
@@ -206,11 +216,9 @@ class OnnxAPI(FamilyAPI):
             first.append((index, info_event(self._language(job), job.duration)))
             pieces.extend(_Piece(index, number, start, end) for number, (start, end) in enumerate(spans))
         yield from packed(size, first)
-        # Round-robin over jobs: every request's first piece is decoded in the first batch call.
-        pieces.sort(key=lambda p: (p.number, p.job))
         counts = [0] * size
-        for start in range(0, len(pieces), self.max_batch_size):
-            batch = [p for p in pieces[start : start + self.max_batch_size] if p.job not in failed]
+        for batch in self._batches(pieces):
+            batch = [p for p in batch if p.job not in failed]
             events: list[tuple[int, dict[str, Any]]] = []
             for piece, result in self._recognize_safely(batch, jobs):
                 if piece.job in failed:
@@ -224,6 +232,27 @@ class OnnxAPI(FamilyAPI):
                     counts[piece.job] += 1
                     events.append((piece.job, segment_event(segment)))
             yield from packed(size, events)
+
+    def _batches(self, pieces: list[_Piece]) -> Iterator[list[_Piece]]:
+        """The pieces in onnx-asr batch calls, round by round: round n holds every request's n-th piece, so
+        each request's segments come in order and its first early. Within a round, pieces go by length and
+        a batch is closed at `max_batch_size` pieces or before its padding would pass `MAX_PADDING` of its
+        audio: padded samples cost as much encoder work as speech."""
+        rounds: dict[int, list[_Piece]] = {}
+        for piece in pieces:
+            rounds.setdefault(piece.number, []).append(piece)
+        for number in sorted(rounds):
+            batch: list[_Piece] = []
+            for piece in sorted(rounds[number], key=len):  # each piece is the longest of its batch so far
+                padded = len(piece) * (len(batch) + 1)
+                if batch and (
+                    len(batch) == self.max_batch_size
+                    or padded > (1 + MAX_PADDING) * (sum(map(len, batch)) + len(piece))
+                ):
+                    yield batch
+                    batch = []
+                batch.append(piece)
+            yield batch
 
     def split(self, audio: np.ndarray) -> list[tuple[int, int]]:
         """Sample spans to recognize: speech segments (at most `max_segment_seconds`) found by onnx-asr's
