@@ -166,6 +166,27 @@ def test_a_failing_piece_fails_only_its_request(model: Path) -> None:
     assert [e["start"] for e in events[2][1:]] == [0.0, 5.0]
 
 
+def test_batch_calls_go_round_by_round_and_by_length(model: Path) -> None:
+    """Pieces of several jobs: every job's n-th piece in round n, a round by length, batches bounded in
+    size and padding; together they cover every piece once."""
+    from servers.onnx import MAX_PADDING, OnnxAPI, OnnxConfig, _Piece, model_card, model_class, resolve_auto
+
+    config = resolve_auto(OnnxConfig(model=str(model), max_batch_size=3))
+    api = OnnxAPI(config, model_card(config, model_class(config)))
+    rng = np.random.default_rng(0)
+    pieces = [
+        _Piece(job, number, 0, int(rng.integers(1_000, 100_000))) for job in range(7) for number in range(job % 3 + 1)
+    ]
+    batches = list(api._batches(pieces))
+    assert sorted((p.job, p.number) for batch in batches for p in batch) == [(p.job, p.number) for p in pieces]
+    rounds = [batch[0].number for batch in batches]
+    assert rounds == sorted(rounds) and all(p.number == batch[0].number for batch in batches for p in batch)
+    for batch in batches:
+        assert 1 <= len(batch) <= 3
+        assert [len(p) for p in batch] == sorted(len(p) for p in batch)
+        assert len(batch) == 1 or len(batch[-1]) * len(batch) <= (1 + MAX_PADDING) * sum(map(len, batch))
+
+
 def test_router_serves_an_onnx_model_beside_faster_whisper(model: Path, tmp_path: Path) -> None:
     registry = tmp_path / "models.yaml"
     registry.write_text(
