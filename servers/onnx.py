@@ -168,6 +168,8 @@ class OnnxAPI(FamilyAPI):
     config: OnnxConfig
 
     def setup(self, device: str) -> None:
+        # Workers are spawned processes: main()'s logging set-up does not reach them.
+        _configure_logging(self.config)
         providers: list[Any] = ["CPUExecutionProvider"]
         if device.startswith("cuda"):
             providers = [(CUDA, {"device_id": int(device.partition(":")[2] or 0)}), *providers]
@@ -355,9 +357,13 @@ def _words(tokens: list[str], stamps: list[float], offset: float, end: float, fr
     return words
 
 
+def _configure_logging(config: OnnxConfig) -> None:
+    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
 def main(argv: list[str] | None = None) -> None:
     config = resolve_auto(load(OnnxConfig, "onnx", argv))
-    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _configure_logging(config)
     if not config.model:
         raise SystemExit(
             "servers/onnx.py needs --model: a Hugging Face repo id (istupakov/parakeet-tdt-0.6b-v2-onnx), "
