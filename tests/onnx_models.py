@@ -11,7 +11,7 @@ path a downloaded model takes. Two sizes:
 - `110m` (bench/onnx_family.py): the dimensions of nvidia/parakeet-tdt_ctc-110m's TDT path (NeMo's
   FastConformer large config): 17 layers, d_model 512, 8 heads, feed-forward x4, 256 subsampling channels,
   8x subsampling, 80 mels, prediction and joint networks of 640, a 1024-token vocabulary, durations 0-4.
-  The CTC head of the hybrid is left out (onnx-asr's TDT path never runs it). About 110M weights, 440 MB.
+  The CTC head of the hybrid is left out (onnx-asr's TDT path never runs it). About 110M weights, 460 MB of ONNX.
 
 The weights are random: the text is gibberish. Use these for plumbing and cost, never accuracy. The cost of
 greedy TDT decoding (one decoder_joint call per step) depends on how many tokens and steps the joint network
@@ -57,7 +57,7 @@ def build_tdt_onnx(folder: Path, size: str = "tiny") -> Path:
     }
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     if size != "tiny":
-        nemo_file.unlink()  # 440 MB the ONNX files duplicate
+        nemo_file.unlink()  # 440 MB that the ONNX files duplicate
         nemo_file.parent.rmdir()
     return folder
 
