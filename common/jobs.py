@@ -44,6 +44,9 @@ class ModelCard:
     languages: tuple[str, ...] | None = None  # None: every language the family knows
     translate: bool = True
     word_timestamps: bool = True
+    # Keeps a stream's state between requests (form field `live_id`): cache-aware streaming models,
+    # which the router's Realtime WebSocket steps incrementally.
+    live: bool = False
     settings: dict[str, Any] = field(default_factory=dict)  # the server's effective configuration
 
     @property

@@ -12,6 +12,11 @@ Serves one NeMo ASR model, from the Hugging Face cache (`from_pretrained`) or a 
 - Cache-aware streaming models: `stream=true` requests are decoded chunk by chunk with
   `conformer_stream_step` (see servers/nemo_streaming.py), several streams in one batch, each step's
   new text sent as it is produced; other requests take the offline path.
+- Live streams (cache-aware models, the router's Realtime WebSocket): a request with `live_id` carries
+  only the audio that arrived since the last one; the worker keeps that stream's caches and hypothesis
+  between requests, steps every live stream of the batch together, and answers with the stream's text
+  so far. `live_final` ends the stream; one left idle for `live_idle_seconds` is dropped. Live streams
+  live in one worker process: serve such a model with one worker (`workers_per_device: 1`).
 """
 
 import sys
@@ -24,6 +29,7 @@ if __name__ == "__main__":
 
 import copy
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 
@@ -61,6 +67,7 @@ class NemoConfig(ServerConfig):
     batch_timeout: float = 0.02
     chunk_seconds: float = 0.0
     lookahead_ms: int = 1120
+    live_idle_seconds: float = 120.0
     pnc: bool = True
 
 
@@ -113,6 +120,7 @@ def model_card(config: NemoConfig, cfg: DictConfig) -> ModelCard:
         languages=languages if kind == "aed" else None,
         translate=kind == "aed",
         word_timestamps=kind != "aed",
+        live=is_cache_aware(cfg),
         settings={**asdict(config), "kind": kind, "cache_aware": is_cache_aware(cfg)},
     )
 
@@ -144,6 +152,7 @@ class NemoAPI(FamilyAPI):
                 decoding.compute_timestamps = True
             model.change_decoding_strategy(decoding, verbose=False)
         self.cache_aware = is_cache_aware(model.cfg)
+        self.live: dict[str, LiveStream] = {}  # live streams by id, kept between requests
         if self.cache_aware:
             right = self.config.lookahead_ms // 80 - 1
             contexts = [list(c) for c in model.encoder.att_context_size_all]
@@ -169,8 +178,11 @@ class NemoAPI(FamilyAPI):
 
     # ---- one batch ----------------------------------------------------------------------------
     def transcribe_batch(self, jobs: list[TranscriptionJob]) -> Iterator[Step]:
-        streaming = [i for i, job in enumerate(jobs) if job.stream and self.cache_aware]
-        offline = [i for i in range(len(jobs)) if i not in streaming]
+        live = [i for i, job in enumerate(jobs) if "live" in job.options]
+        if live:
+            yield from self._live(jobs, live)
+        streaming = [i for i, job in enumerate(jobs) if job.stream and self.cache_aware and i not in live]
+        offline = [i for i in range(len(jobs)) if i not in streaming and i not in live]
         for index, events in self._offline(jobs, offline):
             for event in events:
                 yield only(len(jobs), index, event)
@@ -308,6 +320,39 @@ class NemoAPI(FamilyAPI):
                     segment = Segment(id=counts[position], start=starts[position], end=stream.seconds_fed, text=text)
                     counts[position] += 1
                     yield only(len(jobs), indices[position], segment_event(segment))
+
+    def _live(self, jobs: list[TranscriptionJob], indices: list[int]) -> Iterator[Step]:
+        """Continue each job's live stream with its new audio; answer with each stream's text so far."""
+        now = time.monotonic()
+        for stream_id, stream in list(self.live.items()):
+            if now - stream.last_used > self.config.live_idle_seconds:
+                del self.live[stream_id]  # abandoned by its session
+        streams = []
+        for i in indices:
+            live = jobs[i].options["live"]
+            stream = self.live.setdefault(live["id"], LiveStream(self.model))
+            stream.last_used = now
+            stream.push(jobs[i].audio, last=live["final"])
+            streams.append(stream)
+        offline_decoding, self.model.decoding = self.model.decoding, self.stream_decoding
+        try:
+            while step_round(self.model, streams, self.dtype, self.device):
+                pass  # every stream of the batch steps while it has a whole chunk
+        except Exception:
+            logger.exception("live streaming step failed")
+            for i in indices:
+                self.live.pop(jobs[i].options["live"]["id"], None)
+                yield only(len(jobs), i, error_event(500, "The model failed while streaming.", "model_error"))
+            return
+        finally:
+            self.model.decoding = offline_decoding
+        for i, stream in zip(indices, streams, strict=True):
+            if jobs[i].options["live"]["final"]:
+                self.live.pop(jobs[i].options["live"]["id"], None)
+            yield only(len(jobs), i, info_event(self._language(jobs[i]), stream.seconds_fed))
+            if stream.text:
+                segment = Segment(id=0, start=0.0, end=stream.seconds_fed, text=" " + stream.text)
+                yield only(len(jobs), i, segment_event(segment))
 
 
 def _segments(hyp: object, offset: float, end_of_audio: float) -> list[Segment]:

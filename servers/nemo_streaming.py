@@ -42,6 +42,7 @@ class LiveStream:
     hypothesis: object | None = None
     text: str = ""
     done: bool = False
+    last_used: float = 0.0  # live streams: when a request last continued it (time.monotonic)
 
     def __post_init__(self) -> None:
         encoder = self.model.encoder

@@ -42,7 +42,7 @@ from common.languages import LANGUAGES
 from common.openapi import audio_form
 from common.realtime.endpoint import RealtimeEndpoint
 from common.realtime.protocol import SessionConfig
-from common.realtime.recognizers import ItemDecoder, Redecode
+from common.realtime.recognizers import Incremental, ItemDecoder, Redecode
 from common.realtime.recognizers import Request as RealtimeRequest
 from common.realtime.session import DecoderFactory, Limits
 from common.registry import REPO, ModelEntry, Registry
@@ -275,18 +275,25 @@ class Router:
         return RealtimeEndpoint(self._decoders, self.registry.default, c.api_key, c.realtime_sessions_per_key, limits)
 
     def _decoders(self, model: str | None) -> DecoderFactory:
-        """How items of a session on `model` are transcribed (raises ApiError for an unknown model)."""
-        entry = self._entry(model or self.registry.default)
+        """How items of a session on `model` are transcribed (raises ApiError for an unknown model).
 
-        def decoder(config: SessionConfig) -> ItemDecoder:
-            return Redecode(functools.partial(self._realtime_transcribe, entry, config))
+        The model starts loading now, so that it is ready by the time the session's first turn ends.
+        """
+        entry = self._entry(model or self.registry.default)
+        self.supervisor.load_in_background(entry)
+
+        async def decoder(config: SessionConfig) -> ItemDecoder:
+            server = await self._server_for(entry)
+            transcribe = functools.partial(self._realtime_transcribe, entry, config)
+            # Cache-aware models keep a live stream in their worker; the others re-decode the turn.
+            return Incremental(transcribe) if server.config.get("cache_aware") else Redecode(transcribe)
 
         return decoder
 
     async def _realtime_transcribe(self, entry: ModelEntry, config: SessionConfig, request: RealtimeRequest) -> str:
         """One realtime decode on the model's family server: raw pcm16 16 kHz in, the text out."""
         server = await self._server_for(entry)
-        pcm = (np.clip(request.audio, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+        pcm = np.clip(request.audio * 32768, -32768, 32767).astype("<i2").tobytes()  # the inverse of s16 / 32768
         form = {"model": entry.id, "response_format": "json"}
         if config.language:
             form["language"] = config.language
@@ -294,6 +301,8 @@ class Router:
             form["prompt"] = config.prompt
         if not request.final:
             form["temperature"] = "0"  # interim text: greedy, no fallback
+        if request.live_id:
+            form |= {"live_id": request.live_id, "live_final": str(request.final).lower()}
         server.acquire()
         try:
             response = await self.http.post(

@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from fastapi import File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from litserve.specs.base import LitSpec
@@ -159,7 +160,8 @@ class OpenAIAudioSpec(LitSpec):
             raise ApiError(
                 503, "The model is still loading; retry shortly.", code="model_not_ready", headers={"Retry-After": "2"}
             )
-        audio = await asyncio.to_thread(self._decode_upload, file)
+        live = await self._live(request)
+        audio = await asyncio.to_thread(self._decode_upload, file, live is not None)
         job = TranscriptionJob(
             audio=audio,
             task=task,
@@ -168,7 +170,7 @@ class OpenAIAudioSpec(LitSpec):
             temperature=form.temperature,
             word_timestamps="word" in form.granularities or form.logprobs,
             stream=form.stream,
-            options={"target_language": target} if target else {},
+            options=({"target_language": target} if target else {}) | ({"live": live} if live else {}),
         )
         events = self._submit(job)
         first = await _next_event(events)  # errors surface here, before any byte is sent
@@ -187,9 +189,24 @@ class OpenAIAudioSpec(LitSpec):
             return JSONResponse(body)
         return PlainTextResponse(body)
 
-    def _decode_upload(self, file: UploadFile) -> Any:
+    async def _live(self, request: Request) -> dict[str, Any] | None:
+        """The router's live stream fields (`live_id`, `live_final`), for models that keep stream state."""
+        form = await request.form()  # already parsed for the route: cached
+        live_id = form.get("live_id")
+        if not isinstance(live_id, str):
+            return None
+        if not self.model.live:
+            raise ApiError(
+                400, f"Model '{self.model.id}' keeps no live streams.", param="live_id", code="unsupported_value"
+            )
+        final = form.get("live_final")
+        return {"id": live_id, "final": _parse_bool(final if isinstance(final, str) else None, "live_final")}
+
+    def _decode_upload(self, file: UploadFile, allow_empty: bool = False) -> Any:
         file.file.seek(0, 2)
         if file.file.tell() == 0:
+            if allow_empty:  # a live stream's last request may carry no new audio
+                return np.zeros(0, np.float32)
             raise AudioError("The audio file is empty.", code="empty_file")
         file.file.seek(0)
         return decode(file.file, file.content_type, self.limits)

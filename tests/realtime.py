@@ -90,14 +90,22 @@ async def stream(
                     await asyncio.sleep(max(0.0, start + sent / speed - time.monotonic()))
                 recording.speech_sent_at.append(time.monotonic() - start)
 
+        def finished() -> bool:
+            committed = {e["item_id"] for e in recording.of("input_audio_buffer.committed")}
+            ended = {e["item_id"] for _, e in recording.events if e["type"].endswith((".completed", ".failed"))}
+            return sender.done() and committed <= ended and len(ended) >= (expect_items or 1)
+
         async def receive() -> None:
-            async for message in ws:
+            while not finished():
+                try:
+                    message = await asyncio.wait_for(ws.recv(), 0.2)  # wake up to see the sender finish
+                except TimeoutError:
+                    continue
                 recording.events.append((time.monotonic() - start, json.loads(message)))
-                committed = {e["item_id"] for e in recording.of("input_audio_buffer.committed")}
-                finished = {e["item_id"] for _, e in recording.events if e["type"].endswith((".completed", ".failed"))}
-                if sender.done() and committed <= finished and len(finished) >= (expect_items or 1):
-                    return
 
         sender = asyncio.create_task(send())
-        await asyncio.wait_for(asyncio.gather(sender, receive()), timeout)
+        try:
+            await asyncio.wait_for(asyncio.gather(sender, receive()), timeout)
+        except TimeoutError:
+            raise AssertionError(f"items still pending after {timeout} s: {recording.events}") from None
     return recording

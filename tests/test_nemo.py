@@ -7,6 +7,9 @@ the same model. Accuracy is the faster-whisper tests' business.
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
@@ -16,9 +19,11 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+import websockets
 import yaml
 
 from tests.helpers import CACHE, ServerProcess, corpus, stream_events
+from tests.realtime import encode
 
 nemo_models = pytest.importorskip("tests.nemo_models")
 
@@ -232,3 +237,69 @@ def test_canary_prompts_carry_the_source_and_target_languages(models: dict[str, 
     assert languages(task="translate", language="es") == ["<|es|>", "<|en|>"]
     assert languages(language="en", options={"target_language": "fr"}) == ["<|en|>", "<|fr|>"]
     assert languages() == ["<|en|>", "<|en|>"]  # no language given: English
+
+
+def test_realtime_sessions_on_a_cache_aware_model_step_live_streams(models: dict[str, Path], tmp_path: Path) -> None:
+    """Four Realtime sessions at once through the router: each turn's deltas are exactly the live stream's
+    new text, and the final transcript equals the offline decode of the same audio."""
+    registry = tmp_path / "models.yaml"
+    entries = [
+        {"id": "tiny.en", "family": "faster-whisper", "source": "bundled"},
+        {"id": "tiny-stream", "family": "nemo", "source": str(models["streaming_rnnt"])},
+        {"id": "tiny-tdt", "family": "nemo", "source": str(models["tdt"])},
+    ]
+    registry.write_text(yaml.safe_dump({"default": "tiny.en", "models": entries}))
+    clips = DEV[6:10]
+    # 16 kHz pcm16 reaches the model sample for sample: the offline decode of the file is the reference.
+    audio_input = {"format": {"type": "audio/pcm", "rate": 16_000}, "turn_detection": None}
+    session = {"type": "session.update", "session": {"type": "transcription", "audio": {"input": audio_input}}}
+
+    async def one(url: str, clip) -> list[dict]:
+        events = []
+        async with websockets.connect(url) as ws:
+            events.append(json.loads(await ws.recv()))
+            await ws.send(json.dumps(session))
+            audio = encode(clip.path, 16_000)
+            for i in range(0, len(audio), 3200):  # 100 ms appends in real time
+                await ws.send(
+                    json.dumps(
+                        {"type": "input_audio_buffer.append", "audio": base64.b64encode(audio[i : i + 3200]).decode()}
+                    )
+                )
+                await asyncio.sleep(0.1)
+            await ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
+            while not events[-1]["type"].endswith((".completed", ".failed")):
+                events.append(json.loads(await ws.recv()))
+        return events
+
+    async def sessions(url: str) -> list[list[dict]]:
+        return await asyncio.gather(*(one(url, clip) for clip in clips))
+
+    with ServerProcess("servers/router.py", "--registry", str(registry), name="router-live") as router:
+        assert httpx.post(router.url + "/api/ps/tiny-stream", timeout=300).status_code == 200  # loaded before
+        results = asyncio.run(sessions(router.url.replace("http", "ws") + "/v1/realtime?model=tiny-stream"))
+        for clip, events in zip(clips, results, strict=True):
+            completed = events[-1]
+            assert completed["type"] == "conversation.item.input_audio_transcription.completed", completed
+            deltas = [e["delta"] for e in events if e["type"].endswith(".delta")]
+            committed = [e["type"] for e in events].index("input_audio_buffer.committed")
+            assert any(e["type"].endswith(".delta") for e in events[:committed]), "no interim text"
+            assert "".join(deltas) == completed["transcript"]
+            with clip.path.open("rb") as f:
+                offline = httpx.post(
+                    router.url + "/v1/audio/transcriptions",
+                    files={"file": f},
+                    data={"model": "tiny-stream"},
+                    timeout=120,
+                ).json()["text"]
+            assert completed["transcript"].split() == offline.split()
+
+        # A model without live streams refuses the router's live fields.
+        with DEV[0].path.open("rb") as f:
+            response = httpx.post(
+                router.url + "/v1/audio/transcriptions",
+                files={"file": f},
+                data={"model": "tiny-tdt", "live_id": "x"},
+                timeout=120,
+            )
+        assert response.status_code == 400 and response.json()["error"]["param"] == "live_id"

@@ -95,28 +95,33 @@ class Incremental:
         self.transcribe = transcribe
         self.live_id = new_id("live")
         self.pending: list[np.ndarray] = []
-        self.text = ""
+        self.text = ""  # the stream's text so far: it only ever grows
         self.last = ""
 
     def add(self, audio: np.ndarray) -> None:
         self.pending.append(audio)
 
     async def interim(self) -> str:
-        delta = await self._step(final=False)
-        self.text += delta
-        return delta
+        return self._advance(await self._step(final=False))
 
     async def final(self) -> str:
-        self.last = await self._step(final=True)
-        return (self.text + self.last).strip()
+        text = await self._step(final=True)
+        self.last = self._advance(text)
+        return text
 
     def close(self, transcript: str) -> str:
         return self.last
 
     async def _step(self, final: bool) -> str:
+        """Send the audio not yet sent; the worker answers with the stream's whole text so far."""
         audio = np.concatenate(self.pending) if self.pending else np.zeros(0, np.float32)
         self.pending = []
         return await self.transcribe(Request(audio, final=final, live_id=self.live_id))
+
+    def _advance(self, text: str) -> str:
+        delta = text[len(self.text) :] if text.startswith(self.text) else ""
+        self.text = text if text.startswith(self.text) else self.text
+        return delta
 
 
 def _plain(words: list[str]) -> list[str]:

@@ -22,7 +22,7 @@ import contextlib
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -39,8 +39,8 @@ from common.realtime.vad import Boundary, TurnDetector
 logger = logging.getLogger("open_speech.realtime")
 
 TRANSCRIPTION = "conversation.item.input_audio_transcription"
-# What a model name resolves to: a factory of decoders for its items (raises ApiError when unknown).
-DecoderFactory = Callable[[SessionConfig], ItemDecoder]
+# What a model name resolves to: makes the decoder of an item (loading the model if need be).
+DecoderFactory = Callable[[SessionConfig], Awaitable[ItemDecoder]]
 
 
 @dataclass(frozen=True)
@@ -304,7 +304,7 @@ class Session:
             try:
                 if factory is None:
                     raise failure or ApiError(500, "No model to transcribe with.")
-                decoder = factory(self.config)
+                decoder = await factory(self.config)
                 transcript = await self._decode(item, decoder)
             except Exception as exc:
                 if not isinstance(exc, ApiError):
