@@ -2,7 +2,7 @@
 # Set up open-speech on a fresh machine: a virtual environment in .venv with the project installed.
 #   bash .ci/setup.sh               the router and the faster-whisper family
 #   bash .ci/setup.sh nemo          plus the NVIDIA NeMo family (also: onnx, or nemo,onnx)
-#   bash .ci/setup.sh test          everything, plus what the tests need (the ffmpeg command, test packages)
+#   bash .ci/setup.sh test          everything, plus what the tests need (ffmpeg, chromium, test packages)
 #   bash .ci/setup.sh cuda,onnx     NVIDIA GPU builds: onnxruntime-gpu in place of onnxruntime (and with
 #                                   nemo, torch's CUDA wheels even where no GPU is visible, as in docker build)
 # The Dockerfile (every target) and CI run this same script.
@@ -20,10 +20,11 @@ if [[ ",$extras," == *",cuda,"* ]]; then  # not a package extra: a choice of bui
   extras="${extras#,}" && extras="${extras%,}"
 fi
 
-if [[ ",$extras," == *",test,"* ]] && ! command -v ffmpeg >/dev/null; then
-  # Tests make mp3/ogg/webm/m4a copies of corpus clips with the ffmpeg command.
+if [[ ",$extras," == *",test,"* ]] && ! { command -v ffmpeg && command -v chromium; } >/dev/null; then
+  # Tests make mp3/ogg/webm/m4a copies of corpus clips with the ffmpeg command, and drive the web page in
+  # Debian's chromium with Playwright.
   if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
-  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq ffmpeg >/dev/null
+  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq ffmpeg chromium >/dev/null
 fi
 
 [ -x .venv/bin/python ] || "$python" -m venv .venv

@@ -32,7 +32,8 @@ import numpy as np
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import FileResponse, Response, StreamingResponse
+from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from common import metrics, pull
@@ -54,6 +55,7 @@ logger = logging.getLogger("open_speech.router")
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 CREATED = int(time.time())
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "date", "server"}
+WEB = Path(__file__).resolve().parent / "web"  # the page at `/` and its assets under /web/
 
 
 @dataclass
@@ -132,6 +134,8 @@ class Router:
         app.add_api_route("/api/pull/{model:path}", self.pull, methods=["POST"])
         app.add_api_websocket_route("/v1/realtime", self.realtime_endpoint())
         app.add_api_route("/metrics", self.prometheus, methods=["GET"], include_in_schema=False)
+        app.add_api_route("/", self.page, methods=["GET"], include_in_schema=False)
+        app.mount("/web", StaticFiles(directory=WEB), name="web")
         app.add_middleware(UploadLimit, max_bytes=int(self.config.max_upload_mb * 1_000_000))
         if self.config.api_key:
             app.add_middleware(BearerAuth, key=self.config.api_key)
@@ -162,7 +166,11 @@ class Router:
             await self.http.aclose()
             metrics.cleanup()
 
-    # ---- health, metrics and models -------------------------------------------------------------
+    # ---- the page, health, metrics and models ---------------------------------------------------
+    async def page(self) -> FileResponse:
+        """The web page: upload, live microphone, models (servers/web/; it asks for the API key itself)."""
+        return FileResponse(WEB / "index.html")
+
     async def health(self) -> dict[str, Any]:
         """The router is alive; `models` tells which loaded (or external) models are ready."""
         return {"status": "ok", "models": await self.supervisor.states()}
@@ -406,14 +414,17 @@ class Router:
 
 
 class BearerAuth:
-    """`Authorization: Bearer <key>` on every route but /health, in OpenAI's error shape when wrong."""
+    """`Authorization: Bearer <key>` on every route but /health and the web page, in OpenAI's error shape when wrong.
+
+    The page (`/` and its static files under /web/) holds no data: it asks for the key and sends it to the API.
+    """
 
     def __init__(self, app: ASGIApp, key: str) -> None:
         self.app = app
         self.key = key.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] != "/health" and scope["method"] != "OPTIONS":
+        if scope["type"] == "http" and not _public(scope["path"]) and scope["method"] != "OPTIONS":
             given = dict(scope["headers"]).get(b"authorization", b"")
             if not secrets.compare_digest(given, b"Bearer " + self.key):
                 error = ApiError(
@@ -422,6 +433,10 @@ class BearerAuth:
                 await error.response()(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def _public(path: str) -> bool:
+    return path in ("/health", "/") or path.startswith("/web/")
 
 
 def _downloaded(entry: ModelEntry) -> bool:
