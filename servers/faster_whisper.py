@@ -153,7 +153,9 @@ class FasterWhisperAPI(FamilyAPI):
                 task=job.task,
                 initial_prompt=job.prompt,
                 temperature=FALLBACK_TEMPERATURES if job.temperature is None else job.temperature,
-                beam_size=self.config.beam_size,
+                # Interim text of a Realtime turn: greedy and without timestamp tokens, about twice as fast.
+                beam_size=1 if job.options.get("interim") else self.config.beam_size,
+                without_timestamps=bool(job.options.get("interim")),
                 word_timestamps=job.word_timestamps,
                 vad_filter=self.config.vad_filter,
                 condition_on_previous_text=self.config.condition_on_previous_text,

@@ -18,6 +18,7 @@ import secrets
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -43,7 +44,7 @@ from common.languages import LANGUAGES
 from common.openapi import audio_form
 from common.realtime.endpoint import RealtimeEndpoint
 from common.realtime.protocol import SessionConfig
-from common.realtime.recognizers import Incremental, ItemDecoder, Redecode
+from common.realtime.recognizers import Busy, Incremental, ItemDecoder, Redecode
 from common.realtime.recognizers import Request as RealtimeRequest
 from common.realtime.session import DecoderFactory, Limits
 from common.registry import REPO, ModelEntry, Registry
@@ -74,6 +75,7 @@ class RouterConfig:
     realtime_max_session_seconds: float = 3600.0
     realtime_max_item_seconds: float = 60.0
     realtime_interim_seconds: float = 0.5
+    realtime_interim_concurrency: int = 2
     log_level: str = "info"
 
 
@@ -113,6 +115,7 @@ class Router:
         self.config = config
         self.registry = Registry.load(REPO / config.registry)  # relative paths: from the repository root
         self.supervisor = Supervisor(self.registry, config.keep_alive, config.load_timeout)
+        self.realtime_running: Counter[tuple[str, str]] = Counter()  # realtime decodes by (model, final|interim)
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=5), limits=httpx.Limits(max_connections=None))
 
     def app(self) -> FastAPI:
@@ -299,7 +302,26 @@ class Router:
         return decoder
 
     async def _realtime_transcribe(self, entry: ModelEntry, config: SessionConfig, request: RealtimeRequest) -> str:
-        """One realtime decode on the model's family server: raw pcm16 16 kHz in, the text out."""
+        """One realtime decode on the model's family server: raw pcm16 16 kHz in, the text out.
+
+        Final transcripts come first: an interim re-decode is not sent (`Busy`) while a final one of the
+        same model is running, or when `realtime_interim_concurrency` interim ones already are, so that
+        a turn's final transcript does not queue behind other sessions' interim text.
+        """
+        interim = not request.final and not request.live_id  # a live step carries audio: never skipped
+        running = self.realtime_running
+        if interim and (
+            running[entry.id, "final"] or running[entry.id, "interim"] >= self.config.realtime_interim_concurrency
+        ):
+            raise Busy
+        kind = "interim" if interim else "final"
+        running[entry.id, kind] += 1
+        try:
+            return await self._realtime_post(entry, config, request)
+        finally:
+            running[entry.id, kind] -= 1
+
+    async def _realtime_post(self, entry: ModelEntry, config: SessionConfig, request: RealtimeRequest) -> str:
         server = await self._server_for(entry)
         pcm = np.clip(request.audio * 32768, -32768, 32767).astype("<i2").tobytes()  # the inverse of s16 / 32768
         form = {"model": entry.id, "response_format": "json"}
@@ -308,7 +330,7 @@ class Router:
         if config.prompt:
             form["prompt"] = config.prompt
         if not request.final:
-            form["temperature"] = "0"  # interim text: greedy, no fallback
+            form |= {"temperature": "0", "interim": "true"}  # interim text: no fallback, the family's fastest
         if request.live_id:
             form |= {"live_id": request.live_id, "live_final": str(request.final).lower()}
         server.acquire()

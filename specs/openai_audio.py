@@ -160,8 +160,8 @@ class OpenAIAudioSpec(LitSpec):
             raise ApiError(
                 503, "The model is still loading; retry shortly.", code="model_not_ready", headers={"Retry-After": "2"}
             )
-        live = await self._live(request)
-        audio = await asyncio.to_thread(self._decode_upload, file, live is not None)
+        internal = await self._router_fields(request)
+        audio = await asyncio.to_thread(self._decode_upload, file, "live" in internal)
         job = TranscriptionJob(
             audio=audio,
             task=task,
@@ -170,7 +170,7 @@ class OpenAIAudioSpec(LitSpec):
             temperature=form.temperature,
             word_timestamps="word" in form.granularities or form.logprobs,
             stream=form.stream,
-            options=({"target_language": target} if target else {}) | ({"live": live} if live else {}),
+            options=({"target_language": target} if target else {}) | internal,
         )
         events = self._submit(job)
         first = await _next_event(events)  # errors surface here, before any byte is sent
@@ -189,18 +189,27 @@ class OpenAIAudioSpec(LitSpec):
             return JSONResponse(body)
         return PlainTextResponse(body)
 
-    async def _live(self, request: Request) -> dict[str, Any] | None:
-        """The router's live stream fields (`live_id`, `live_final`), for models that keep stream state."""
+    async def _router_fields(self, request: Request) -> dict[str, Any]:
+        """Job options from the fields the router's Realtime sessions add (not part of OpenAI's API):
+
+        - `interim=true`: the decode is only interim text: a family may trade accuracy for speed;
+        - `live_id`, `live_final`: continue (and end) a live stream, on models that keep stream state.
+        """
         form = await request.form()  # already parsed for the route: cached
+
+        def flag(name: str) -> bool:
+            value = form.get(name)
+            return _parse_bool(value if isinstance(value, str) else None, name)
+
+        options: dict[str, Any] = {"interim": True} if flag("interim") else {}
         live_id = form.get("live_id")
-        if not isinstance(live_id, str):
-            return None
-        if not self.model.live:
-            raise ApiError(
-                400, f"Model '{self.model.id}' keeps no live streams.", param="live_id", code="unsupported_value"
-            )
-        final = form.get("live_final")
-        return {"id": live_id, "final": _parse_bool(final if isinstance(final, str) else None, "live_final")}
+        if isinstance(live_id, str):
+            if not self.model.live:
+                raise ApiError(
+                    400, f"Model '{self.model.id}' keeps no live streams.", param="live_id", code="unsupported_value"
+                )
+            options["live"] = {"id": live_id, "final": flag("live_final")}
+        return options
 
     def _decode_upload(self, file: UploadFile, allow_empty: bool = False) -> Any:
         file.file.seek(0, 2)

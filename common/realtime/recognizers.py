@@ -35,6 +35,10 @@ class Request:
 Transcribe = Callable[[Request], Awaitable[str]]
 
 
+class Busy(Exception):
+    """An interim decode was not run: the model is busy (with final transcripts first)."""
+
+
 class ItemDecoder(Protocol):
     """One item's text. `add` takes audio as it arrives; `interim` and `final` decode what was added."""
 
@@ -69,7 +73,10 @@ class Redecode:
         self.audio.append(audio)
 
     async def interim(self) -> str:
-        words = (await self.transcribe(Request(np.concatenate(self.audio), final=False))).split()
+        try:
+            words = (await self.transcribe(Request(np.concatenate(self.audio), final=False))).split()
+        except Busy:
+            return ""
         return self._extend(words[:-1])
 
     async def final(self) -> str:
