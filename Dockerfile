@@ -43,7 +43,8 @@ ENTRYPOINT ["tini", "--"]
 CMD ["/app/.venv/bin/python", "servers/router.py"]
 
 # ---- cuda --------------------------------------------------------------------------------------
-# CTranslate2 4.x and onnxruntime-gpu need CUDA 12 with cuDNN 9: the cudnn runtime image has both.
+# CTranslate2 4.x needs CUDA 12 with cuDNN 9: the cudnn runtime image has both. onnxruntime-gpu (built for
+# CUDA 13) brings its own CUDA 13 libraries as wheels, loaded only by ONNX family processes.
 FROM nvidia/cuda:12.6.3-cudnn-runtime-ubuntu22.04 AS cuda
 
 # hadolint ignore=DL3008

@@ -37,8 +37,10 @@ fi
 "${pip[@]}" -e ".${extras:+[$extras]}"
 if $cuda; then
   # onnxruntime-gpu and onnxruntime (which faster-whisper requires) install the same module: remove the CPU
-  # build, then force in the GPU build of the same version (CUDA 12 and cuDNN 9, like CTranslate2 4.x).
+  # build, then put in the GPU build of the same version. PyPI's onnxruntime-gpu is built for CUDA 13: its
+  # cuda and cudnn extras bring the CUDA 13 runtime and cuDNN as wheels, which servers/onnx.py preloads
+  # (CTranslate2 keeps the image's CUDA 12 in the faster-whisper processes). It needs a driver for CUDA 13.
   ort=$(.venv/bin/python -c "import importlib.metadata as m; print(m.version('onnxruntime'))")
   .venv/bin/python -m pip uninstall -q -y onnxruntime
-  "${pip[@]}" --force-reinstall --no-deps "onnxruntime-gpu==$ort"
+  "${pip[@]}" "onnxruntime-gpu[cuda,cudnn]==$ort"
 fi
