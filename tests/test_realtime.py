@@ -273,3 +273,17 @@ def test_sessions_end_at_their_maximum_length() -> None:
         event, code, reason = asyncio.run(run())
     assert (event["error"]["code"], code) == ("session_expired", 1008)
     assert "maximum length" in reason
+
+
+def test_a_turn_longer_than_the_item_limit_continues_as_new_items() -> None:
+    clip = max(clips(20), key=lambda c: c.duration)
+    with ServerProcess("servers/router.py", "--realtime-max-item-seconds", "3", name="router-items") as router:
+        session = ga_session(silence_duration_ms=2000)  # no pause in the clip ends the turn
+        recording = asyncio.run(stream(ws_url(router), [encode(clip.path), silence(3)], session=session, speed=4))
+    committed = recording.of("input_audio_buffer.committed")
+    completed = recording.of(f"{TRANSCRIPTION}.completed")
+    assert len(committed) >= clip.duration // 3 and [e["item_id"] for e in completed] == [
+        e["item_id"] for e in committed
+    ]
+    assert all(e["usage"]["seconds"] <= 4 for e in completed)
+    assert wer([clip.text], [recording.transcript]) <= 0.2  # a word cut at an item boundary may be lost
