@@ -54,10 +54,12 @@ async function* lines(response) {
   if (buffer) yield buffer;
 }
 
+// Seconds as m:ss.ss (h:mm:ss.ss from an hour).
 function clock(seconds) {
-  const h = Math.floor(seconds / 3600);
-  const m = Math.floor((seconds % 3600) / 60);
-  const s = (seconds % 60).toFixed(2).padStart(5, "0");
+  const hundredths = Math.round(seconds * 100);
+  const h = Math.floor(hundredths / 360000);
+  const m = Math.floor((hundredths % 360000) / 6000);
+  const s = ((hundredths % 6000) / 100).toFixed(2).padStart(5, "0");
   return h ? `${h}:${String(m).padStart(2, "0")}:${s}` : `${m}:${s}`;
 }
 
