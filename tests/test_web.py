@@ -197,6 +197,29 @@ def test_upload_in_other_formats_shows_the_body(page: Page, router: ServerProces
     assert page.locator("#upload-text").inner_text() == api_transcription(router).json()["text"]
 
 
+def test_errors_are_shown_as_the_server_words_them(page: Page, browser: Browser, router: ServerProcess) -> None:
+    page.goto("/")
+    page.get_by_label("Audio file").set_input_files(Path(__file__))  # not audio
+    page.get_by_role("button", name="Transcribe").click()
+    with Path(__file__).open("rb") as f:
+        refused = httpx.post(
+            router.url + "/v1/audio/transcriptions", headers=AUTH, files={"file": f}, data={"model": "tiny.en"}
+        )
+    assert refused.status_code == 400
+    expect(page.get_by_role("alert")).to_have_text(f"Transcription failed: {refused.json()['error']['message']}")
+
+    # A wrong key on the WebSocket: the server's error event, then its close.
+    context = browser.new_context(base_url=router.url)
+    context.add_init_script("localStorage.setItem('open-speech.api-key', 'sk-wrong')")
+    wrong = context.new_page()
+    wrong.goto("/#live")
+    wrong.get_by_role("button", name="Start listening").click()
+    live = wrong.get_by_role("tabpanel", name="Live")
+    expect(live.get_by_role("alert")).to_have_text("Error: Incorrect or missing API key.")
+    expect(live.get_by_role("button", name="Start listening")).to_be_enabled()
+    context.close()
+
+
 def test_live_microphone_shows_interim_text_then_the_transcript(page: Page) -> None:
     page.goto("/#live")
     live = page.get_by_role("tabpanel", name="Live")

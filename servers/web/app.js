@@ -497,30 +497,29 @@ async function startLive() {
   say(liveStatus, "Starting the microphone…");
   const model = $("#live-model").value;
   const language = $("#live-language").value.trim();
-  let audio;
+  let audio, ws;
   try {
     audio = await microphone();
-    const ws = await connect(model);
-    live = { ws, ...audio, open: new Set(), current: null, stopping: false };
-    ws.onmessage = (message) => onEvent(JSON.parse(message.data));
-    ws.onclose = (close) => closed(close);
-    ws.send(JSON.stringify(sessionUpdate(model, language)));
     await capture(audio, (samples) => {
-      if (ws.readyState !== WebSocket.OPEN || live?.stopping) return;
+      if (ws?.readyState !== WebSocket.OPEN || live?.stopping) return;
       ws.send(JSON.stringify({ type: "input_audio_buffer.append", audio: base64(samples) }));
       let sum = 0;
       for (const s of samples) sum += s * s;
       level.value = Math.min(1, (4 * Math.sqrt(sum / CHUNK_SAMPLES)) / 32768);
     });
-    stopButton.disabled = false;
-    say(liveStatus, "Listening…");
+    ws = await connect(model);
   } catch (error) {
     say(liveStatus, `Cannot start: ${error.message}`, true);
-    live?.ws.close();
     stopAudio(audio);
-    live = null;
     startButton.disabled = false;
+    return;
   }
+  live = { ws, ...audio, open: new Set(), current: null, stopping: false };
+  ws.onmessage = (message) => onEvent(JSON.parse(message.data));
+  ws.onclose = (close) => closed(close);
+  ws.send(JSON.stringify(sessionUpdate(model, language)));
+  stopButton.disabled = false;
+  say(liveStatus, "Listening…");
 }
 
 function stopAudio(audio) {
