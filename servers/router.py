@@ -75,7 +75,7 @@ class RouterConfig:
     realtime_max_session_seconds: float = 3600.0
     realtime_max_item_seconds: float = 60.0
     realtime_interim_seconds: float = 0.5
-    realtime_interim_concurrency: int = 2
+    realtime_interim_concurrency: int = 1
     log_level: str = "info"
 
 

@@ -19,7 +19,7 @@ FRAME = 512  # samples per Silero frame at 16 kHz (32 ms)
 CONTEXT = 64  # samples of the previous frame each frame is given
 # Silence kept at the end of a turn's audio. The turn's audio ends this long after the speech, so its
 # final transcript can be decoded while the rest of the silence window runs out.
-TAIL_MS = 200
+TAIL_MS = 100
 
 
 @functools.cache
