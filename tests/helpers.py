@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import jiwer
+import yaml
 from whisper_normalizer.english import EnglishTextNormalizer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -71,6 +72,51 @@ def normalize(text: str) -> str:
 
 def wer(references: list[str], hypotheses: list[str]) -> float:
     return jiwer.wer([normalize(r) for r in references], [normalize(h) or "<empty>" for h in hypotheses])
+
+
+# Registry entries (configs/models.yaml's format) for test routers.
+TINY_EN = {
+    "id": "tiny.en",
+    "family": "faster-whisper",
+    "source": "bundled",
+    "aliases": ["whisper-1"],
+    "languages": ["en"],
+}
+HUB_REPO = "open-speech-test/faster-whisper-tiny.en"  # the bundled tiny.en as tests/hub_standin.py serves it
+PULLED_TINY = {"id": "pulled-tiny", "family": "faster-whisper", "source": HUB_REPO, "languages": ["en"]}
+
+
+def write_registry(folder: Path, *models: dict, default: str = "tiny.en") -> Path:
+    """A registry file listing `models`, for `servers/router.py --registry`."""
+    path = folder / "models.yaml"
+    path.write_text(yaml.safe_dump({"default": default, "models": list(models)}))
+    return path
+
+
+def hub_env(folder: Path, hub_url: str) -> dict[str, str]:
+    """A server's environment for an empty Hugging Face cache in `folder` that downloads from `hub_url`."""
+    return {"HF_ENDPOINT": hub_url, "HF_HOME": str(folder / "hf"), "HF_HUB_CACHE": str(folder / "hf" / "hub")}
+
+
+def served_beside_whisper(folder: Path, entry: dict) -> dict:
+    """Start a router on tiny.en and `entry` (a model of another family); check that both transcribe a clip,
+    `entry` with word timestamps, and that both are loaded. Returns `entry`'s effective config."""
+    import openai  # the test extra's: not needed by the helpers the benchmarks use
+
+    registry = write_registry(folder, TINY_EN, entry)
+    with ServerProcess("servers/router.py", "--registry", str(registry), name=f"router-{entry['family']}") as router:
+        client = openai.OpenAI(base_url=router.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+        clip = corpus("dev")[0]
+        with clip.path.open("rb") as f:
+            whisper = client.audio.transcriptions.create(model="whisper-1", file=f).text
+        with clip.path.open("rb") as f:
+            other = client.audio.transcriptions.create(
+                model=entry["id"], file=f, response_format="verbose_json", timestamp_granularities=["word"]
+            )
+        assert wer([clip.text], [whisper]) <= 0.15 and other.text and other.words
+        loaded = {m["id"]: m for m in httpx.get(router.url + "/api/ps").json()["models"]}
+        assert loaded[entry["id"]]["family"] == entry["family"] and set(loaded) == {"tiny.en", entry["id"]}
+        return httpx.get(f"{router.url}/v1/models/{entry['id']}").json()["config"]
 
 
 def free_port() -> int:

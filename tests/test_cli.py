@@ -22,40 +22,34 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
 from common.formats import RESPONSE_FORMATS
 from servers.faster_whisper import model_path
-from tests.helpers import Clip, ServerProcess, corpus, free_port, wer
+from tests.helpers import (
+    HUB_REPO,
+    PULLED_TINY,
+    TINY_EN,
+    Clip,
+    ServerProcess,
+    corpus,
+    free_port,
+    hub_env,
+    wer,
+    write_registry,
+)
 from tests.hub_standin import HubStandin
 
 CLI = Path(sys.executable).parent / "open-speech"
 DEV = corpus("dev")
-HUB_REPO = "open-speech-test/faster-whisper-tiny.en"
-REGISTRY = {
-    "default": "tiny.en",
-    "models": [
-        {
-            "id": "tiny.en",
-            "family": "faster-whisper",
-            "source": "bundled",
-            "aliases": ["whisper-1"],
-            "languages": ["en"],
-        },
-        {"id": "pulled-tiny", "family": "faster-whisper", "source": HUB_REPO, "languages": ["en"]},
-    ],
-}
 
 
 @pytest.fixture(scope="module")
 def router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A router on a two-model registry, its Hugging Face cache empty and its hub a local stand-in."""
     folder = tmp_path_factory.mktemp("cli-router")
-    registry = folder / "models.yaml"
-    registry.write_text(yaml.safe_dump(REGISTRY))
-    hf = {"HF_ENDPOINT": "", "HF_HOME": str(folder / "hf"), "HF_HUB_CACHE": str(folder / "hf" / "hub")}
+    registry = write_registry(folder, TINY_EN, PULLED_TINY)
     with HubStandin({HUB_REPO: model_path("bundled")}) as hub:
-        hf["HF_ENDPOINT"] = hub.url
+        hf = hub_env(folder, hub.url)
         with ServerProcess("servers/router.py", "--registry", str(registry), env=hf, name="router-cli") as server:
             yield server
 

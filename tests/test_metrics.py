@@ -18,18 +18,13 @@ import httpx
 import openai
 import psutil
 import pytest
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from tests.helpers import Clip, ServerProcess, corpus
+from tests.helpers import TINY_EN, Clip, ServerProcess, corpus, write_registry
 
 SHORT, SHORTER = corpus("dev")[1:3]  # 3.3 s and 2.1 s
 TRANSCRIPTIONS = "/v1/audio/transcriptions"
-REGISTRY = {
-    "default": "tiny.en",
-    "models": [{"id": "tiny.en", "family": "faster-whisper", "source": "bundled", "aliases": ["whisper-1"]}],
-}
 
 
 def scrape(url: str, **kwargs: object) -> list[Sample]:
@@ -130,8 +125,7 @@ def router_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def router(tmp_path_factory: pytest.TempPathFactory, router_dir: Path) -> Iterator[ServerProcess]:
-    registry = tmp_path_factory.mktemp("registry") / "models.yaml"
-    registry.write_text(yaml.safe_dump(REGISTRY))
+    registry = write_registry(tmp_path_factory.mktemp("registry"), TINY_EN)
     env = {"PROMETHEUS_MULTIPROC_DIR": str(router_dir)}
     args = ("--registry", str(registry), "--keep-alive", "-1")
     with ServerProcess("servers/router.py", *args, env=env, name="metrics-router") as server:

@@ -20,9 +20,8 @@ import httpx
 import openai
 import pytest
 import websockets
-import yaml
 
-from tests.helpers import CACHE, ServerProcess, corpus, stream_events
+from tests.helpers import CACHE, TINY_EN, ServerProcess, corpus, served_beside_whisper, stream_events, write_registry
 from tests.realtime import encode
 
 nemo_models = pytest.importorskip("tests.nemo_models")
@@ -191,30 +190,8 @@ def test_bad_input(servers: dict[str, ServerProcess], tmp_path: Path) -> None:
 
 
 def test_router_serves_a_nemo_model_beside_faster_whisper(models: dict[str, Path], tmp_path: Path) -> None:
-    registry = tmp_path / "models.yaml"
-    registry.write_text(
-        yaml.safe_dump(
-            {
-                "default": "tiny.en",
-                "models": [
-                    {"id": "tiny.en", "family": "faster-whisper", "source": "bundled", "aliases": ["whisper-1"]},
-                    {"id": "tiny-ctc", "family": "nemo", "source": str(models["ctc"])},
-                ],
-            }
-        )
-    )
-    with ServerProcess("servers/router.py", "--registry", str(registry), name="router-nemo") as router:
-        client = sdk(router)
-        with DEV[0].path.open("rb") as f:
-            whisper = client.audio.transcriptions.create(model="whisper-1", file=f).text
-        with DEV[0].path.open("rb") as f:
-            ctc = client.audio.transcriptions.create(
-                model="tiny-ctc", file=f, response_format="verbose_json", timestamp_granularities=["word"]
-            )
-        assert "stew" in whisper.lower() and ctc.text and ctc.words
-        loaded = {m["id"]: m for m in httpx.get(router.url + "/api/ps").json()["models"]}
-        assert loaded["tiny-ctc"]["family"] == "nemo" and set(loaded) == {"tiny.en", "tiny-ctc"}
-        assert httpx.get(router.url + "/v1/models/tiny-ctc").json()["config"]["kind"] == "ctc"
+    config = served_beside_whisper(tmp_path, {"id": "tiny-ctc", "family": "nemo", "source": str(models["ctc"])})
+    assert config["kind"] == "ctc"
 
 
 def test_canary_prompts_carry_the_source_and_target_languages(models: dict[str, Path]) -> None:
@@ -242,13 +219,12 @@ def test_canary_prompts_carry_the_source_and_target_languages(models: dict[str, 
 def test_realtime_sessions_on_a_cache_aware_model_step_live_streams(models: dict[str, Path], tmp_path: Path) -> None:
     """Four Realtime sessions at once through the router: each turn's deltas are exactly the live stream's
     new text, and the final transcript equals the offline decode of the same audio."""
-    registry = tmp_path / "models.yaml"
-    entries = [
-        {"id": "tiny.en", "family": "faster-whisper", "source": "bundled"},
+    registry = write_registry(
+        tmp_path,
+        TINY_EN,
         {"id": "tiny-stream", "family": "nemo", "source": str(models["streaming_rnnt"])},
         {"id": "tiny-tdt", "family": "nemo", "source": str(models["tdt"])},
-    ]
-    registry.write_text(yaml.safe_dump({"default": "tiny.en", "models": entries}))
+    )
     clips = DEV[6:10]
     # 16 kHz pcm16 reaches the model sample for sample: the offline decode of the file is the reference.
     audio_input = {"format": {"type": "audio/pcm", "rate": 16_000}, "turn_detection": None}

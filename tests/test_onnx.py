@@ -16,9 +16,8 @@ import httpx
 import numpy as np
 import openai
 import pytest
-import yaml
 
-from tests.helpers import CACHE, ServerProcess, corpus, stream_events
+from tests.helpers import CACHE, ServerProcess, corpus, served_beside_whisper, stream_events
 
 pytest.importorskip("onnx_asr")
 onnx_models = pytest.importorskip("tests.onnx_models")
@@ -188,28 +187,6 @@ def test_batch_calls_go_round_by_round_and_by_length(model: Path) -> None:
 
 
 def test_router_serves_an_onnx_model_beside_faster_whisper(model: Path, tmp_path: Path) -> None:
-    registry = tmp_path / "models.yaml"
-    registry.write_text(
-        yaml.safe_dump(
-            {
-                "default": "tiny.en",
-                "models": [
-                    {"id": "tiny.en", "family": "faster-whisper", "source": "bundled", "aliases": ["whisper-1"]},
-                    {"id": "tiny-onnx", "family": "onnx", "source": str(model), "options": {"vad": False}},
-                ],
-            }
-        )
-    )
-    with ServerProcess("servers/router.py", "--registry", str(registry), name="router-onnx") as router:
-        client = sdk(router)
-        with DEV[0].path.open("rb") as f:
-            whisper = client.audio.transcriptions.create(model="whisper-1", file=f).text
-        with DEV[0].path.open("rb") as f:
-            onnx = client.audio.transcriptions.create(
-                model="tiny-onnx", file=f, response_format="verbose_json", timestamp_granularities=["word"]
-            )
-        assert "stew" in whisper.lower() and onnx.text and onnx.words
-        loaded = {m["id"]: m for m in httpx.get(router.url + "/api/ps").json()["models"]}
-        assert loaded["tiny-onnx"]["family"] == "onnx" and set(loaded) == {"tiny.en", "tiny-onnx"}
-        config = httpx.get(router.url + "/v1/models/tiny-onnx").json()["config"]
-        assert (config["kind"], config["vad"]) == ("timestamped", False)
+    entry = {"id": "tiny-onnx", "family": "onnx", "source": str(model), "options": {"vad": False}}
+    config = served_beside_whisper(tmp_path, entry)
+    assert (config["kind"], config["vad"]) == ("timestamped", False)

@@ -79,7 +79,7 @@ def test_server_vad_turns_interim_text_and_final_transcripts(router: ServerProce
     for clip in chosen:
         pieces += [encode(clip.path), silence(1.5)]
     session = ga_session(threshold=0.5, prefix_padding_ms=300, silence_duration_ms=500)
-    recording = asyncio.run(stream(ws_url(router), pieces, session=session, headers=AUTH, speed=2))
+    recording = asyncio.run(stream(ws_url(router), pieces, session=session, headers=AUTH, speed=4))
 
     created, updated = recording.events[0][1], recording.of("session.updated")[0]
     assert created["type"] == "session.created" and created["session"]["type"] == "transcription"

@@ -21,40 +21,38 @@ import httpx
 import openai
 import psutil
 import pytest
-import yaml
 from faster_whisper import WhisperModel, decode_audio
 
 from servers.faster_whisper import FALLBACK_TEMPERATURES, model_path
-from tests.helpers import Clip, ServerProcess, corpus, stream_events
+from tests.helpers import (
+    HUB_REPO,
+    PULLED_TINY,
+    TINY_EN,
+    Clip,
+    ServerProcess,
+    corpus,
+    hub_env,
+    stream_events,
+    write_registry,
+)
 from tests.hub_standin import HubStandin
 
 DEV = corpus("dev")
 LONG = min(corpus("long"), key=lambda c: c.duration)
 
-HUB_REPO = "open-speech-test/faster-whisper-tiny.en"
-
-REGISTRY = {
-    "default": "tiny.en",
-    "models": [
-        {
-            "id": "tiny.en",
-            "family": "faster-whisper",
-            "source": "bundled",
-            "aliases": ["whisper-1"],
-            "languages": ["en"],
-        },
-        {
-            "id": "tiny-greedy",
-            "family": "faster-whisper",
-            "source": "bundled",
-            "aliases": ["fast"],
-            "languages": ["en"],
-            "options": {"beam_size": 1, "max_batch_size": 4},
-        },
-        {"id": "tiny-unavailable", "family": "onnx", "source": "nobody/not-here"},
-        {"id": "pulled-tiny", "family": "faster-whisper", "source": HUB_REPO, "languages": ["en"]},
-    ],
-}
+MODELS = (
+    TINY_EN,
+    {
+        "id": "tiny-greedy",
+        "family": "faster-whisper",
+        "source": "bundled",
+        "aliases": ["fast"],
+        "languages": ["en"],
+        "options": {"beam_size": 1, "max_batch_size": 4},
+    },
+    {"id": "tiny-unavailable", "family": "onnx", "source": "nobody/not-here"},
+    PULLED_TINY,
+)
 
 
 @cache
@@ -69,12 +67,6 @@ def inprocess_text(clip: Clip, beam_size: int) -> str:
     return "".join(s.text for s in segments).strip()
 
 
-def write_registry(folder: Path, registry: dict) -> Path:
-    path = folder / "models.yaml"
-    path.write_text(yaml.safe_dump(registry))
-    return path
-
-
 @pytest.fixture(scope="module")
 def hub() -> Iterator[HubStandin]:
     """A stand-in for the Hugging Face Hub on 127.0.0.1, serving the bundled tiny.en as a hub repository."""
@@ -85,8 +77,8 @@ def hub() -> Iterator[HubStandin]:
 @pytest.fixture(scope="module")
 def router(tmp_path_factory: pytest.TempPathFactory, hub: HubStandin) -> Iterator[ServerProcess]:
     folder = tmp_path_factory.mktemp("router")
-    registry = write_registry(folder, REGISTRY)
-    hf = {"HF_ENDPOINT": hub.url, "HF_HOME": str(folder / "hf"), "HF_HUB_CACHE": str(folder / "hf" / "hub")}
+    registry = write_registry(folder, *MODELS)
+    hf = hub_env(folder, hub.url)
     server = ServerProcess(
         "servers/router.py", "--registry", str(registry), "--keep-alive", "-1", env=hf, name="router"
     )
@@ -244,7 +236,7 @@ def _wait_in_flight(router: ServerProcess, model: str) -> None:
 
 
 def test_second_router_with_keep_alive_api_key_cors_and_load_on_request_reject(tmp_path: Path) -> None:
-    registry = write_registry(tmp_path, REGISTRY)
+    registry = write_registry(tmp_path, *MODELS)
     options = ["--keep-alive", "3", "--load-on-request", "reject", "--cors-origins", "http://app.example"]
     with ServerProcess(
         "servers/router.py",
@@ -300,7 +292,7 @@ def test_second_router_with_keep_alive_api_key_cors_and_load_on_request_reject(t
 
 
 def test_sigterm_stops_the_router_and_every_model_server(tmp_path: Path) -> None:
-    registry = write_registry(tmp_path, REGISTRY)
+    registry = write_registry(tmp_path, *MODELS)
     server = ServerProcess("servers/router.py", "--registry", str(registry), name="router-stop").wait_healthy()
     httpx.post(server.url + "/api/ps/tiny-greedy", timeout=120)
     children = [psutil.Process(m["pid"]) for m in httpx.get(server.url + "/api/ps").json()["models"]]

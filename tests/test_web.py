@@ -17,33 +17,29 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
 from servers.faster_whisper import model_path
-from tests.helpers import ServerProcess, convert, corpus, normalize, wer
+from tests.helpers import (
+    HUB_REPO,
+    PULLED_TINY,
+    TINY_EN,
+    ServerProcess,
+    convert,
+    corpus,
+    hub_env,
+    normalize,
+    wer,
+    write_registry,
+)
 from tests.hub_standin import HubStandin
 
 API_KEY = "sk-web-test"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
-HUB_REPO = "open-speech-test/faster-whisper-tiny.en"
 CLIP = next(c for c in corpus("dev") if c.id == "2412-153948-0001")  # 10.5 s, one sentence
 WAIT_MS = 120_000  # how long to wait for a transcript before calling it a hang
 
-REGISTRY = {
-    "default": "tiny.en",
-    "models": [
-        {"id": "tiny.en", "family": "faster-whisper", "source": "bundled", "aliases": ["whisper-1"]},
-        {
-            "id": "tiny-greedy",
-            "family": "faster-whisper",
-            "source": "bundled",
-            "languages": ["en"],
-            "options": {"beam_size": 1},
-        },
-        {"id": "pulled-tiny", "family": "faster-whisper", "source": HUB_REPO, "languages": ["en"]},
-    ],
-}
+TINY_GREEDY = {"id": "tiny-greedy", "family": "faster-whisper", "source": "bundled", "options": {"beam_size": 1}}
 
 # Records every pull progress bar the page draws, as [value, max], into window.progress.
 RECORD_PROGRESS = """
@@ -67,9 +63,8 @@ def hub() -> Iterator[HubStandin]:
 @pytest.fixture(scope="module")
 def router(tmp_path_factory: pytest.TempPathFactory, hub: HubStandin) -> Iterator[ServerProcess]:
     folder = tmp_path_factory.mktemp("web")
-    registry = folder / "models.yaml"
-    registry.write_text(yaml.safe_dump(REGISTRY))
-    hf = {"HF_ENDPOINT": hub.url, "HF_HOME": str(folder / "hf"), "HF_HUB_CACHE": str(folder / "hf" / "hub")}
+    registry = write_registry(folder, TINY_EN, {**TINY_GREEDY, "languages": ["en"]}, PULLED_TINY)
+    hf = hub_env(folder, hub.url)
     args = ("--registry", str(registry), "--keep-alive", "-1", "--api-key", API_KEY)
     with ServerProcess("servers/router.py", *args, env=hf, name="router-web") as server:
         yield server
