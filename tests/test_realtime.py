@@ -287,3 +287,33 @@ def test_a_turn_longer_than_the_item_limit_continues_as_new_items() -> None:
     ]
     assert all(e["usage"]["seconds"] <= 4 for e in completed)
     assert wer([clip.text], [recording.transcript]) <= 0.2  # a word cut at an item boundary may be lost
+
+
+def test_changing_turn_detection_mid_turn_commits_the_turn(router: ServerProcess) -> None:
+    clip = clips(1)[0]
+    audio = encode(clip.path)
+    half = len(audio) // 2 // 2 * 2
+
+    async def run() -> list[dict]:
+        events: list[dict] = []
+        async with websockets.connect(ws_url(router), additional_headers=AUTH) as ws:
+
+            async def append(data: bytes) -> None:
+                for i in range(0, len(data), 9600):
+                    chunk = base64.b64encode(data[i : i + 9600]).decode()
+                    await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": chunk}))
+
+            await append(silence(0.3) + audio[:half])
+            manual = {"type": "session.update", "session": {"audio": {"input": {"turn_detection": None}}}}
+            await ws.send(json.dumps(manual))
+            await append(audio[half:])
+            await ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
+            while len([e for e in events if e["type"].endswith((".completed", ".failed"))]) < 2:
+                events.append(json.loads(await asyncio.wait_for(ws.recv(), 120)))
+        return events
+
+    events = asyncio.run(run())
+    committed = [e["item_id"] for e in events if e["type"] == "input_audio_buffer.committed"]
+    completed = [e for e in events if e["type"] == f"{TRANSCRIPTION}.completed"]
+    assert len(committed) == 2 and [e["item_id"] for e in completed] == committed
+    assert wer([clip.text], [" ".join(e["transcript"] for e in completed)]) <= 0.25  # a word may be cut in two

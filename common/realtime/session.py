@@ -154,6 +154,8 @@ class Session:
             self.decoder = InputDecoder(config.input_format)
         if config.turn_detection != self.config.turn_detection:
             self.vad = TurnDetector(config.turn_detection) if config.turn_detection else None
+            if self.item is not None:  # a turn under way ends here: the new detector starts afresh
+                self._commit()
         self.config = config
         self.send(config.session_event("updated"))
 
