@@ -1,7 +1,8 @@
 """The OpenAI audio API as one LitServe spec.
 
 Routes: `POST /v1/audio/transcriptions`, `POST /v1/audio/translations` (multipart, the fields the
-`openai` SDK and LiveKit send), `GET /v1/models` and `GET /v1/models/{id}`.
+`openai` SDK and LiveKit send), `GET /v1/models`, `GET /v1/models/{id}` and `GET /metrics`. The router's
+Realtime sessions add two kinds of fields of their own to transcriptions (see `_router_fields`).
 
 Per request, in the API process: validate the form, decode the upload to 16 kHz PCM
 (`common.audio`), queue a `TranscriptionJob` for the family's LitAPI, then turn the worker's event
