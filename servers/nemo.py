@@ -300,9 +300,8 @@ class NemoAPI(FamilyAPI):
         counts = [0] * len(indices)
         while not all(s.done for s in streams):
             starts = [s.seconds_fed for s in streams]
-            offline_decoding, self.model.decoding = self.model.decoding, self.stream_decoding
             try:
-                deltas = step_round(self.model, streams, self.dtype, self.device)
+                deltas = self._step(streams)
             except Exception:
                 logger.exception("streaming step failed")
                 for stream, i in zip(streams, indices, strict=True):
@@ -310,8 +309,6 @@ class NemoAPI(FamilyAPI):
                         stream.done = True
                         yield only(len(jobs), i, error_event(500, "The model failed while streaming.", "model_error"))
                 return
-            finally:
-                self.model.decoding = offline_decoding
             if not deltas:
                 break
             for position, text in deltas.items():
@@ -320,6 +317,14 @@ class NemoAPI(FamilyAPI):
                     segment = Segment(id=counts[position], start=starts[position], end=stream.seconds_fed, text=text)
                     counts[position] += 1
                     yield only(len(jobs), indices[position], segment_event(segment))
+
+    def _step(self, streams: list[LiveStream]) -> dict[int, str]:
+        """One `step_round`, with the decoding that computes no timestamps (see `setup`)."""
+        offline_decoding, self.model.decoding = self.model.decoding, self.stream_decoding
+        try:
+            return step_round(self.model, streams, self.dtype, self.device)
+        finally:
+            self.model.decoding = offline_decoding
 
     def _live(self, jobs: list[TranscriptionJob], indices: list[int]) -> Iterator[Step]:
         """Continue each job's live stream with its new audio; answer with each stream's text so far."""
@@ -330,13 +335,14 @@ class NemoAPI(FamilyAPI):
         streams = []
         for i in indices:
             live = jobs[i].options["live"]
-            stream = self.live.setdefault(live["id"], LiveStream(self.model))
+            if live["id"] not in self.live:
+                self.live[live["id"]] = LiveStream(self.model)
+            stream = self.live[live["id"]]
             stream.last_used = now
             stream.push(jobs[i].audio, last=live["final"])
             streams.append(stream)
-        offline_decoding, self.model.decoding = self.model.decoding, self.stream_decoding
         try:
-            while step_round(self.model, streams, self.dtype, self.device):
+            while self._step(streams):
                 pass  # every stream of the batch steps while it has a whole chunk
         except Exception:
             logger.exception("live streaming step failed")
@@ -344,8 +350,6 @@ class NemoAPI(FamilyAPI):
                 self.live.pop(jobs[i].options["live"]["id"], None)
                 yield only(len(jobs), i, error_event(500, "The model failed while streaming.", "model_error"))
             return
-        finally:
-            self.model.decoding = offline_decoding
         for i, stream in zip(indices, streams, strict=True):
             if jobs[i].options["live"]["final"]:
                 self.live.pop(jobs[i].options["live"]["id"], None)

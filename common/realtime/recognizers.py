@@ -126,8 +126,10 @@ class Incremental:
         return await self.transcribe(Request(audio, final=final, live_id=self.live_id))
 
     def _advance(self, text: str) -> str:
-        delta = text[len(self.text) :] if text.startswith(self.text) else ""
-        self.text = text if text.startswith(self.text) else self.text
+        """The text the stream added (a live stream's text only grows)."""
+        if not text.startswith(self.text):
+            return ""
+        delta, self.text = text[len(self.text) :], text
         return delta
 
 
