@@ -34,6 +34,11 @@ def encode(path: Path, rate: int = 24_000, codec: str = "pcm_s16le") -> bytes:
     return b"".join(bytes(packet) for packet in [*encoder.encode(frame), *encoder.encode(None)])
 
 
+def append_event(chunk: bytes) -> str:
+    """The `input_audio_buffer.append` event that carries `chunk`."""
+    return json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(chunk).decode()})
+
+
 def silence(seconds: float, rate: int = 24_000, codec: str = "pcm_s16le") -> bytes:
     if codec == "pcm_s16le":
         return bytes(2 * int(seconds * rate))
@@ -83,9 +88,7 @@ async def stream(
             for piece in pieces:
                 for offset in range(0, len(piece), bytes_per_chunk):
                     chunk = piece[offset : offset + bytes_per_chunk]
-                    await ws.send(
-                        json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(chunk).decode()})
-                    )
+                    await ws.send(append_event(chunk))
                     sent += len(chunk) / (2 * rate)
                     await asyncio.sleep(max(0.0, start + sent / speed - time.monotonic()))
                 recording.speech_sent_at.append(time.monotonic() - start)

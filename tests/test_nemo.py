@@ -8,7 +8,6 @@ the same model. Accuracy is the faster-whisper tests' business.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +21,7 @@ import pytest
 import websockets
 
 from tests.helpers import CACHE, TINY_EN, ServerProcess, corpus, served_beside_whisper, stream_events, write_registry
-from tests.realtime import encode
+from tests.realtime import append_event, encode
 
 nemo_models = pytest.importorskip("tests.nemo_models")
 
@@ -237,11 +236,7 @@ def test_realtime_sessions_on_a_cache_aware_model_step_live_streams(models: dict
             await ws.send(json.dumps(session))
             audio = encode(clip.path, 16_000)
             for i in range(0, len(audio), 3200):  # 100 ms appends in real time
-                await ws.send(
-                    json.dumps(
-                        {"type": "input_audio_buffer.append", "audio": base64.b64encode(audio[i : i + 3200]).decode()}
-                    )
-                )
+                await ws.send(append_event(audio[i : i + 3200]))
                 await asyncio.sleep(0.1)
             await ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
             while not events[-1]["type"].endswith((".completed", ".failed")):

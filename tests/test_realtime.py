@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 from collections.abc import Iterator
 
@@ -11,7 +10,7 @@ import pytest
 import websockets
 
 from tests.helpers import Clip, ServerProcess, corpus, normalize, wer
-from tests.realtime import TRANSCRIPTION, Recording, encode, silence, stream
+from tests.realtime import TRANSCRIPTION, Recording, append_event, encode, silence, stream
 
 API_KEY = "sk-realtime-test"
 SESSIONS_PER_KEY = 8
@@ -144,11 +143,7 @@ def test_beta_session_g711_and_manual_commit(router: ServerProcess, codec: str, 
             await ws.send(json.dumps(session))
             audio = encode(clip.path, 8000, codec)
             for i in range(0, len(audio), 1600):  # 200 ms appends
-                await ws.send(
-                    json.dumps(
-                        {"type": "input_audio_buffer.append", "audio": base64.b64encode(audio[i : i + 1600]).decode()}
-                    )
-                )
+                await ws.send(append_event(audio[i : i + 1600]))
             await ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
             while not events[-1]["type"].endswith((".completed", ".failed")):
                 events.append(json.loads(await ws.recv()))
@@ -300,8 +295,7 @@ def test_changing_turn_detection_mid_turn_commits_the_turn(router: ServerProcess
 
             async def append(data: bytes) -> None:
                 for i in range(0, len(data), 9600):
-                    chunk = base64.b64encode(data[i : i + 9600]).decode()
-                    await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": chunk}))
+                    await ws.send(append_event(data[i : i + 9600]))
 
             await append(silence(0.3) + audio[:half])
             manual = {"type": "session.update", "session": {"audio": {"input": {"turn_detection": None}}}}
