@@ -1,17 +1,28 @@
-"""The base every model family's LitAPI builds on."""
+"""The bases every model family's LitAPI builds on: `FamilyAPI` (batches) and `ConcurrentFamilyAPI`
+(jobs side by side)."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import logging
+import queue
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import litserve as ls
+from litserve.loops.continuous_batching_loop import ContinuousBatchingLoop, Output
+from litserve.utils import LitAPIStatus
 
 from common import metrics
 from common.audio import AudioLimits
 from common.config import ServerConfig
-from common.jobs import ModelCard, TranscriptionJob
+from common.jobs import ModelCard, TranscriptionJob, error_event
 from specs.openai_audio import OpenAIAudioSpec
+
+logger = logging.getLogger("open_speech.family")
 
 Step = list[dict[str, Any] | None]
 
@@ -66,3 +77,98 @@ def packed(size: int, events: list[tuple[int, dict[str, Any]]]) -> Iterator[Step
         steps[placed[index]][index] = event
         placed[index] += 1
     yield from steps
+
+
+class ConcurrentFamilyAPI(FamilyAPI):
+    """A family whose jobs each run on their own, side by side (faster-whisper: one `transcribe()` per
+    job, on the model's CTranslate2 workers).
+
+    It runs under LitServe's continuous batching: a job starts as soon as it arrives (up to
+    `max_batch_size` at a time), instead of waiting for the batch ahead of it to end. A short request,
+    such as a Realtime turn's final transcript, then never queues behind a long one.
+
+    Families implement `transcribe_job`, which runs on a thread of its own and yields the job's events.
+    """
+
+    def __init__(self, config: ServerConfig, card: ModelCard) -> None:
+        """`config` has max_batch_size: the most jobs running at once in one worker."""
+        ls.LitAPI.__init__(
+            self,
+            spec=OpenAIAudioSpec(card, AudioLimits(config.max_audio_seconds)),
+            max_batch_size=config.max_batch_size,  # type: ignore[attr-defined]
+            loop=_JobsLoop(),
+        )
+        self.config = config
+        self.running: dict[str, TranscriptionJob] = {}
+
+    def transcribe_job(self, job: TranscriptionJob) -> Iterator[dict[str, Any]]:
+        raise NotImplementedError
+
+    # Made in the worker process (LitServe pickles the API to start it; pools and queues do not pickle).
+    @functools.cached_property
+    def _pool(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(max_workers=self.max_batch_size, thread_name_prefix="job")
+
+    @functools.cached_property
+    def _events(self) -> queue.SimpleQueue[tuple[str, dict[str, Any] | None]]:
+        return queue.SimpleQueue()  # (uid, event), None when the job is done
+
+    # ---- LitServe's continuous batching interface ---------------------------------------------------
+    def add_request(self, uid: str, job: TranscriptionJob) -> None:
+        self.running[uid] = job
+        metrics.observe_start(self.spec.model.id, len(self.running))
+        self._pool.submit(self._run, uid, job)
+
+    def has_capacity(self) -> bool:
+        return len(self.running) < self.max_batch_size
+
+    def has_active_requests(self) -> bool:
+        return bool(self.running)
+
+    def step(self, prev_outputs: list[Output] | None) -> list[Output]:
+        """The events ready now (waiting for the first): one output each; a finished job ends its stream."""
+        ready = [self._events.get()]
+        while not self._events.empty():
+            ready.append(self._events.get())
+        outputs = []
+        for uid, event in ready:
+            if event is None:
+                del self.running[uid]
+                outputs.append(Output(uid, "", LitAPIStatus.FINISH_STREAMING))
+            else:
+                outputs.append(Output(uid, event, LitAPIStatus.OK))
+        return outputs
+
+    def encode_response(self, output: Any, **kwargs: Any) -> Any:
+        return output  # one event at a time (the batching loops' spec path takes a stream of them)
+
+    def _run(self, uid: str, job: TranscriptionJob) -> None:
+        start = time.perf_counter()
+        try:
+            for event in self.transcribe_job(job):
+                self._events.put((uid, event))
+        except Exception:
+            logger.exception("transcription failed")
+            failed = error_event(500, "The model failed while transcribing this request.", "model_error")
+            self._events.put((uid, failed))
+        finally:
+            metrics.observe_job(self.spec.model.id, job, time.perf_counter() - start)
+            self._events.put((uid, None))
+
+
+class _JobsLoop(ContinuousBatchingLoop):
+    """LitServe's continuous batching loop, asleep while no job runs (LitServe's own polls without pause)."""
+
+    @functools.cached_property
+    def work(self) -> asyncio.Event:
+        return asyncio.Event()  # set when a job is added
+
+    def add_request(self, uid: str, request: Any, lit_api: ls.LitAPI, *args: Any, **kwargs: Any) -> None:
+        super().add_request(uid, request, lit_api, *args, **kwargs)
+        self.work.set()
+
+    async def run(self, lit_api: ls.LitAPI, *args: Any, **kwargs: Any) -> None:
+        if not lit_api.has_active_requests():
+            self.work.clear()
+            await self.work.wait()
+        await super().run(lit_api, *args, **kwargs)

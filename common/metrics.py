@@ -108,10 +108,16 @@ class _Metrics:
             multiprocess_mode="livesum",
         )
         self.batch_size = Histogram(
-            "open_speech_batch_size", "Requests per batch run by a worker.", ["model"], buckets=BATCH_BUCKETS
+            "open_speech_batch_size",
+            "Requests per batch run by a worker (continuous batching: those running when one starts).",
+            ["model"],
+            buckets=BATCH_BUCKETS,
         )
         self.inference_seconds = Histogram(
-            "open_speech_inference_seconds", "Seconds a worker spent on one batch.", ["model"], buckets=LATENCY_BUCKETS
+            "open_speech_inference_seconds",
+            "Seconds a worker spent on one batch (continuous batching: on one request).",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
         )
         self.real_time_factor = Histogram(
             "open_speech_real_time_factor",
@@ -211,6 +217,19 @@ def observe_batch(model: str, jobs: list[TranscriptionJob], steps: Iterator[Any]
             if job.duration > 0:
                 metrics.real_time_factor.labels(model).observe((end - start) / job.duration)
         _record_torch_memory(model)
+
+
+def observe_start(model: str, running: int) -> None:
+    """A job started beside others (continuous batching): the jobs now running count as its batch."""
+    _metrics().batch_size.labels(model).observe(running)
+
+
+def observe_job(model: str, job: TranscriptionJob, seconds: float) -> None:
+    """A job of a continuously batched family ended after `seconds`."""
+    metrics = _metrics()
+    metrics.inference_seconds.labels(model).observe(seconds)
+    if job.duration > 0:
+        metrics.real_time_factor.labels(model).observe(seconds / job.duration)
 
 
 def _record_torch_memory(model: str) -> None:

