@@ -48,8 +48,12 @@ class ItemDecoder(Protocol):
 
     def add(self, audio: np.ndarray) -> None: ...
 
-    async def interim(self) -> str:
-        """The text to append to what was sent so far (may be empty)."""
+    async def interim(self, decoding: Awaitable[str] | None = None) -> str:
+        """The text to append to what was sent so far (may be empty).
+
+        `decoding`, only for speculative decoders: a `final` of the audio added so far, already under
+        way (speech resumed after the pause it was started at): its text is used, not a new decode.
+        """
         ...
 
     async def final(self) -> str:
@@ -72,12 +76,12 @@ class Redecode:
     def add(self, audio: np.ndarray) -> None:
         self.audio.append(audio)
 
-    async def interim(self) -> str:
+    async def interim(self, decoding: Awaitable[str] | None = None) -> str:
         try:
-            words = (await self.transcribe(Request(np.concatenate(self.audio), final=False))).split()
+            text = await (decoding or self.transcribe(Request(np.concatenate(self.audio), final=False)))
         except Busy:
             return ""
-        return self._extend(words[:-1])
+        return self._extend(text.split()[:-1])
 
     async def final(self) -> str:
         return await self.transcribe(Request(np.concatenate(self.audio), final=True))
@@ -108,8 +112,8 @@ class Incremental:
     def add(self, audio: np.ndarray) -> None:
         self.pending.append(audio)
 
-    async def interim(self) -> str:
-        return self._advance(await self._step(final=False))
+    async def interim(self, decoding: Awaitable[str] | None = None) -> str:
+        return self._advance(await self._step(final=False))  # never speculative: `decoding` is None
 
     async def final(self) -> str:
         text = await self._step(final=True)

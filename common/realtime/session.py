@@ -8,9 +8,9 @@ committed by `input_audio_buffer.commit`.
 Each item has a task that asks its `ItemDecoder` for interim text every `interim_seconds` of new
 audio. With VAD, the item's audio ends `vad.TAIL_MS` into the silence (the "pause"); audio after it is
 held back, and the final transcript is decoded at once, speculatively, while the silence window runs
-out: if speech resumes, the held audio joins the item and the speculation is dropped; if the turn
-ends, the speculation is the final transcript, ready (or nearly) when the item is committed. Items
-complete in the order they were committed.
+out: if speech resumes, the held audio joins the item and the speculation's text serves as interim
+text; if the turn ends, the speculation is the final transcript, ready (or nearly) when the item is
+committed. Items complete in the order they were committed.
 """
 
 from __future__ import annotations
@@ -343,8 +343,14 @@ class Session:
                     continue
                 decoder.add(message)
                 new += len(message)
-                if speculation is not None:  # speech resumed: the turn goes on
-                    speculation.cancel()
+                if speculation is not None:
+                    # Speech resumed: the turn goes on. The speculative decode, of the turn up to the
+                    # pause, is not wasted: it gives the next interim text.
+                    if interim is None or interim.done():
+                        new = 0
+                        interim = asyncio.create_task(self._interim(item, decoder, speculation))
+                    else:
+                        speculation.cancel()
                     speculation = None
                 if new >= self.limits.interim_seconds * SAMPLE_RATE and (interim is None or interim.done()):
                     new = 0
@@ -359,9 +365,9 @@ class Session:
                 if task is not None and not task.done():
                     task.cancel()
 
-    async def _interim(self, item: Item, decoder: ItemDecoder) -> None:
+    async def _interim(self, item: Item, decoder: ItemDecoder, decoding: Awaitable[str] | None = None) -> None:
         try:
-            self._delta(item, await decoder.interim())
+            self._delta(item, await decoder.interim(decoding))
         except ApiError as exc:
             logger.warning("interim transcription failed: %s", exc.message)
 
