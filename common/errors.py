@@ -47,6 +47,12 @@ class ApiError(Exception):
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
+def queue_timeout() -> ApiError:
+    """A request that waited in a model server's queue longer than its `queue_timeout`."""
+    message = "The server is overloaded: the request waited too long in the queue."
+    return ApiError(503, message, code="queue_timeout", headers={"Retry-After": "5"})
+
+
 def error_body(status: int, message: str, *, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     kind = _TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}

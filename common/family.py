@@ -19,6 +19,7 @@ from litserve.utils import LitAPIStatus
 from common import metrics
 from common.audio import AudioLimits
 from common.config import ServerConfig
+from common.errors import queue_timeout
 from common.jobs import ModelCard, TranscriptionJob, error_event
 from specs.openai_audio import OpenAIAudioSpec
 
@@ -79,7 +80,7 @@ def packed(size: int, events: list[tuple[int, dict[str, Any]]]) -> Iterator[Step
     yield from steps
 
 
-class ConcurrentFamilyAPI(FamilyAPI):
+class ConcurrentFamilyAPI(ls.LitAPI):
     """A family whose jobs each run on their own, side by side (faster-whisper: one `transcribe()` per
     job, on the model's CTranslate2 workers).
 
@@ -91,9 +92,8 @@ class ConcurrentFamilyAPI(FamilyAPI):
     """
 
     def __init__(self, config: ServerConfig, card: ModelCard) -> None:
-        """`config` has max_batch_size: the most jobs running at once in one worker."""
-        ls.LitAPI.__init__(
-            self,
+        """`config` is the family's own config; its max_batch_size is the most jobs running at once."""
+        super().__init__(
             spec=OpenAIAudioSpec(card, AudioLimits(config.max_audio_seconds)),
             max_batch_size=config.max_batch_size,  # type: ignore[attr-defined]
             loop=_JobsLoop(),
@@ -145,6 +145,12 @@ class ConcurrentFamilyAPI(FamilyAPI):
     def _run(self, uid: str, job: TranscriptionJob) -> None:
         start = time.perf_counter()
         try:
+            limit = self.request_timeout
+            if limit not in (None, -1, False) and time.monotonic() - job.queued_at > limit:
+                # LitServe's batching loops refuse such a job; its continuous loop does not.
+                expired = queue_timeout()
+                self._events.put((uid, error_event(expired.status, expired.message, expired.code)))
+                return
             for event in self.transcribe_job(job):
                 self._events.put((uid, event))
         except Exception:

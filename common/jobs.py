@@ -10,6 +10,7 @@ stream of small JSON events, so every family speaks the same protocol:
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,8 @@ class TranscriptionJob:
     word_timestamps: bool = False
     stream: bool = False  # the client streams: families that can decode incrementally do so
     options: dict[str, Any] = field(default_factory=dict)  # family-specific extras
+    # When the spec made it, just before queueing it (time.monotonic is one clock for all processes).
+    queued_at: float = field(default_factory=time.monotonic)
 
     @property
     def duration(self) -> float:

@@ -28,7 +28,7 @@ from litserve.utils import LitAPIStatus, ResponseBufferItem, WorkerSetupStatus
 
 from common import metrics
 from common.audio import AudioError, AudioLimits, decode
-from common.errors import ApiError
+from common.errors import ApiError, queue_timeout
 from common.formats import RESPONSE_FORMATS, logprobs, render, usage
 from common.jobs import ModelCard, TranscriptionJob
 from common.languages import LANGUAGES
@@ -268,6 +268,8 @@ class OpenAIAudioSpec(LitSpec):
                     continue  # a batch step that had nothing for this request
                 message = json.loads(data)
                 if message["event"] == "error":
+                    if message.get("code") == "queue_timeout":
+                        raise queue_timeout()
                     raise ApiError(message["status"], message["message"], code=message.get("code"))
                 yield message
         finally:
@@ -432,13 +434,8 @@ def _unknown_model(model: str) -> ApiError:
 
 def _worker_error(data: Any) -> ApiError:
     status = getattr(data, "status_code", 500)
-    if status == 504:
-        return ApiError(
-            503,
-            "The server is overloaded: the request waited too long in the queue.",
-            code="queue_timeout",
-            headers={"Retry-After": "5"},
-        )
+    if status == 504:  # LitServe's batching loops refused a job that waited too long
+        return queue_timeout()
     return ApiError(
         status if status < 500 else 500, "The model failed while transcribing this request.", code="model_error"
     )
