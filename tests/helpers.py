@@ -8,9 +8,13 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import jiwer
@@ -178,7 +182,13 @@ class ServerProcess:
         return self.process.returncode
 
 
-def stream_events(server: ServerProcess, path: Path, model: str, timeout: float = 300) -> list[tuple[float, dict]]:
+def stream_events(
+    server: ServerProcess,
+    path: Path,
+    model: str,
+    timeout: float = 300,
+    on_event: Callable[[], object] = lambda: None,
+) -> list[tuple[float, dict]]:
     """POST `path` with stream=true; each SSE JSON event with the seconds since the request started."""
     events = []
     start = time.monotonic()
@@ -196,7 +206,27 @@ def stream_events(server: ServerProcess, path: Path, model: str, timeout: float 
         for line in response.iter_lines():
             if line.startswith("data: {"):
                 events.append((time.monotonic() - start, json.loads(line[6:])))
+                on_event()
     return events
+
+
+T = TypeVar("T")
+
+
+def beside_a_stream(server: ServerProcess, path: Path, model: str, request: Callable[[], T]) -> tuple[T, float]:
+    """Stream `path` (stream=true) and, once its first event has arrived, call `request` on another
+    thread: its result, and the time.monotonic() at which the stream had ended."""
+    decoding = threading.Event()
+
+    def once_decoding() -> T:
+        assert decoding.wait(timeout=300)
+        return request()
+
+    with ThreadPoolExecutor(1) as pool:
+        result = pool.submit(once_decoding)
+        stream_events(server, path, model, on_event=decoding.set)
+        ended = time.monotonic()
+        return result.result(), ended
 
 
 def multilingual_whisper() -> Path:

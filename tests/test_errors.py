@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+import functools
 import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -12,7 +11,7 @@ import openai
 import pytest
 
 from tests.conftest import MAX_AUDIO_SECONDS, MAX_UPLOAD_MB
-from tests.helpers import ServerProcess, convert, corpus
+from tests.helpers import ServerProcess, beside_a_stream, convert, corpus
 
 CLIP = corpus("dev")[0]
 LONG = max(corpus("long"), key=lambda c: c.duration)
@@ -127,29 +126,11 @@ def test_a_request_that_waits_past_the_queue_timeout_gets_503(tmp_path: Path) ->
     long_clip = convert(LONG.path, tmp_path / "long.flac", "-t", "100")  # seconds of decoding
     args = ("--max-batch-size", "1", "--queue-timeout", "1")
     with ServerProcess("servers/faster_whisper.py", *args, name="queue-timeout") as server:
-        decoding = threading.Event()  # the long request's first segment has arrived
-
-        def queued() -> httpx.Response:
-            assert decoding.wait(timeout=300)
-            return post(server, AUDIO, {"model": "whisper-1"})
-
-        with ThreadPoolExecutor(1) as pool:
-            refused = pool.submit(queued)
-            with (
-                long_clip.open("rb") as f,
-                httpx.stream(
-                    "POST",
-                    server.url + "/v1/audio/transcriptions",
-                    files={"file": f},
-                    data={"model": "whisper-1", "stream": "true"},
-                    timeout=300,
-                ) as response,
-            ):
-                for _ in response.iter_lines():
-                    decoding.set()
-            assert_openai_error(refused.result(), 503, None, "queue_timeout")
-        assert refused.result().headers["retry-after"] == "5"
-        assert post(server, AUDIO, {"model": "whisper-1"}).json()["text"]  # and it serves the next one
+        queued = functools.partial(post, server, AUDIO, {"model": "whisper-1"})
+        refused, _ = beside_a_stream(server, long_clip, "whisper-1", queued)
+        assert_openai_error(refused, 503, None, "queue_timeout")
+        assert refused.headers["retry-after"] == "5"
+        assert queued().json()["text"]  # and it serves the next one
 
 
 def test_sdk_raises_readable_errors(client: openai.OpenAI) -> None:

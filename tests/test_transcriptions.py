@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from itertools import pairwise
 from pathlib import Path
 
-import httpx
 import openai
 import pytest
 from faster_whisper import WhisperModel, decode_audio
 
 from servers.faster_whisper import FALLBACK_TEMPERATURES, model_path
-from tests.helpers import SEGMENT_FIELDS, Clip, convert, corpus, normalize, wer
+from tests.helpers import SEGMENT_FIELDS, Clip, ServerProcess, beside_a_stream, convert, corpus, normalize, wer
 
 DEV = corpus("dev")
 LONG_CLIP = max(DEV, key=lambda c: c.duration)  # long enough for several Whisper segments
@@ -182,35 +180,18 @@ def test_sixteen_concurrent_requests_each_get_their_own_text(client: openai.Open
 
 
 def test_a_short_request_is_answered_while_a_long_one_is_decoded(
-    whisper_server, client: openai.OpenAI, tmp_path: Path
+    whisper_server: ServerProcess, client: openai.OpenAI, tmp_path: Path
 ) -> None:
     """Requests start as they arrive (continuous batching), not when the batch ahead of them has ended."""
     # 100 s of speech (under the test server's audio limit): its stream runs for seconds.
     long_clip = convert(corpus("long")[0].path, tmp_path / "long.flac", "-t", "100")
-    decoding = threading.Event()  # the long request's first segment has arrived
 
     def short_request() -> float:
-        assert decoding.wait(timeout=300)
         assert transcribe(client, DEV[0].path).text == inprocess_text(DEV[0])
         return time.monotonic()
 
-    with ThreadPoolExecutor(1) as pool:
-        short = pool.submit(short_request)
-        with (
-            long_clip.open("rb") as f,
-            httpx.stream(
-                "POST",
-                whisper_server.url + "/v1/audio/transcriptions",
-                files={"file": f},
-                data={"model": "tiny.en", "stream": "true"},
-                timeout=300,
-            ) as response,
-        ):
-            for line in response.iter_lines():
-                decoding.set()
-                if "transcript.text.done" in line:
-                    long_done = time.monotonic()
-        assert short.result() < long_done
+    answered, long_ended = beside_a_stream(whisper_server, long_clip, "tiny.en", short_request)
+    assert answered < long_ended
 
 
 def test_dev_corpus_text_and_wer_equal_in_process(client: openai.OpenAI) -> None:
