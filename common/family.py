@@ -39,7 +39,7 @@ class FamilyAPI(ls.LitAPI):
     def __init__(self, config: ServerConfig, card: ModelCard) -> None:
         """`config` is the family's own config; it has max_batch_size and batch_timeout for LitServe."""
         super().__init__(
-            spec=OpenAIAudioSpec(card, AudioLimits(config.max_audio_seconds)),
+            spec=_spec(config, card),
             max_batch_size=config.max_batch_size,  # type: ignore[attr-defined]
             batch_timeout=config.batch_timeout,  # type: ignore[attr-defined]
         )
@@ -57,6 +57,10 @@ class FamilyAPI(ls.LitAPI):
         for (event,) in steps:
             if event is not None:
                 yield event
+
+
+def _spec(config: ServerConfig, card: ModelCard) -> OpenAIAudioSpec:
+    return OpenAIAudioSpec(card, AudioLimits(config.max_audio_seconds))
 
 
 def only(size: int, index: int, event: dict[str, Any]) -> Step:
@@ -94,7 +98,7 @@ class ConcurrentFamilyAPI(ls.LitAPI):
     def __init__(self, config: ServerConfig, card: ModelCard) -> None:
         """`config` is the family's own config; its max_batch_size is the most jobs running at once."""
         super().__init__(
-            spec=OpenAIAudioSpec(card, AudioLimits(config.max_audio_seconds)),
+            spec=_spec(config, card),
             max_batch_size=config.max_batch_size,  # type: ignore[attr-defined]
             loop=_JobsLoop(),
         )
@@ -116,6 +120,13 @@ class ConcurrentFamilyAPI(ls.LitAPI):
     # ---- LitServe's continuous batching interface ---------------------------------------------------
     def add_request(self, uid: str, job: TranscriptionJob) -> None:
         self.running[uid] = job
+        limit = self.request_timeout
+        if limit not in (None, -1, False) and time.monotonic() - job.queued_at > limit:
+            # LitServe's batching loops refuse a job that waited this long; its continuous loop does not.
+            expired = queue_timeout()
+            self._events.put((uid, error_event(expired.status, expired.message, expired.code)))
+            self._events.put((uid, None))
+            return
         metrics.observe_start(self.spec.model.id, len(self.running))
         self._pool.submit(self._run, uid, job)
 
@@ -145,12 +156,6 @@ class ConcurrentFamilyAPI(ls.LitAPI):
     def _run(self, uid: str, job: TranscriptionJob) -> None:
         start = time.perf_counter()
         try:
-            limit = self.request_timeout
-            if limit not in (None, -1, False) and time.monotonic() - job.queued_at > limit:
-                # LitServe's batching loops refuse such a job; its continuous loop does not.
-                expired = queue_timeout()
-                self._events.put((uid, error_event(expired.status, expired.message, expired.code)))
-                return
             for event in self.transcribe_job(job):
                 self._events.put((uid, event))
         except Exception:
