@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from itertools import pairwise
@@ -192,6 +193,46 @@ def test_a_short_request_is_answered_while_a_long_one_is_decoded(
 
     answered, long_ended = beside_a_stream(whisper_server, long_clip, "tiny.en", short_request)
     assert answered < long_ended
+
+
+def cpu_ticks_by_nice(server: ServerProcess) -> Counter[int]:
+    """CPU time (clock ticks) the server's processes have used so far, by their threads' nice values."""
+    ticks: Counter[int] = Counter()
+    for process in Path("/proc").glob("[0-9]*"):
+        try:
+            if int((process / "stat").read_text().rsplit(")", 1)[1].split()[2]) != server.process.pid:
+                continue  # not in the server's process group
+            for thread in (process / "task").iterdir():
+                fields = (thread / "stat").read_text().rsplit(")", 1)[1].split()
+                ticks[int(fields[16])] += int(fields[11]) + int(fields[12])  # nice: utime + stime
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # ended meanwhile
+    return ticks
+
+
+def test_interim_text_is_decoded_at_the_lowest_cpu_priority(whisper_server: ServerProcess) -> None:
+    """A Realtime turn's interim re-decode (`interim=true`, sent by the router) runs on threads at nice
+    19, which get only CPU time nothing else wants; any other request runs at normal priority."""
+    import httpx
+
+    def post(**fields: str) -> Counter[int]:
+        before = cpu_ticks_by_nice(whisper_server)
+        with LONG_CLIP.path.open("rb") as f:
+            response = httpx.post(
+                whisper_server.url + "/v1/audio/transcriptions",
+                files={"file": ("a.flac", f, "audio/flac")},
+                data={"model": "whisper-1", **fields},
+                timeout=120,
+            )
+        assert response.status_code == 200 and response.json()["text"]
+        used = cpu_ticks_by_nice(whisper_server)
+        used.subtract(before)
+        return used
+
+    interim = post(interim="true", temperature="0")
+    assert interim[19] > interim[0]  # the decoding itself: at nice 19
+    final = post()
+    assert final[19] == 0 and final[0] > 0
 
 
 def test_dev_corpus_text_and_wer_equal_in_process(client: openai.OpenAI) -> None:
