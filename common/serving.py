@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -58,6 +59,22 @@ class UploadLimit:
         )
 
 
+def configure_logging(level: str) -> None:
+    """Log our loggers' records at `level` and above to stderr, in the calling process."""
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+class _WorkerLogging(ls.Callback):
+    """Configure logging in each inference worker before its setup: LitServe starts workers as new
+    (spawned) processes, which the server's own logging set-up does not reach."""
+
+    def __init__(self, level: str) -> None:
+        self.level = level
+
+    def on_before_setup(self, *args: Any, **kwargs: Any) -> None:
+        configure_logging(self.level)
+
+
 def _stop_on_sigterm() -> None:
     """LitServe shuts down cleanly on SIGINT only; containers and supervisors send SIGTERM.
 
@@ -86,6 +103,7 @@ def serve(
         devices=devices,
         workers_per_device=workers_per_device,
         timeout=config.queue_timeout,
+        callbacks=[_WorkerLogging(config.log_level)],
         middlewares=[
             (UploadLimit, {"max_bytes": int(config.max_upload_mb * 1_000_000)}),
             (metrics.RequestMetrics, {"layer": "server", "model": card.id}),

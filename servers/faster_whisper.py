@@ -41,7 +41,7 @@ import faster_whisper
 from common.config import ServerConfig, load
 from common.family import ConcurrentFamilyAPI
 from common.jobs import ModelCard, TranscriptionJob, error_event, info_event, segment_event
-from common.serving import serve
+from common.serving import configure_logging, serve
 from common.transcript import Segment, Word
 
 logger = logging.getLogger("open_speech.faster_whisper")
@@ -199,7 +199,7 @@ def _segment(s: faster_whisper.transcribe.Segment) -> Segment:
 
 def main(argv: list[str] | None = None) -> None:
     config = resolve_auto(load(FasterWhisperConfig, "faster_whisper", argv))
-    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(config.log_level)
     api = FasterWhisperAPI(config, model_card(config))
     devices: int | str = int(config.devices) if config.devices.isdigit() else config.devices
     serve(api, config, config.device, devices, config.workers_per_device)

@@ -45,7 +45,7 @@ from common.audio import SAMPLE_RATE
 from common.config import ServerConfig, load
 from common.family import FamilyAPI, Step, only
 from common.jobs import ModelCard, TranscriptionJob, error_event, info_event, segment_event
-from common.serving import serve
+from common.serving import configure_logging, serve
 from common.transcript import Segment, Word
 from servers.nemo_streaming import LiveStream, step_round
 
@@ -386,7 +386,7 @@ def _segments(hyp: object, offset: float, end_of_audio: float) -> list[Segment]:
 
 def main(argv: list[str] | None = None) -> None:
     config = resolve_auto(load(NemoConfig, "nemo", argv))
-    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(config.log_level)
     if not config.model:
         raise SystemExit(
             "servers/nemo.py needs --model: a Hugging Face id (nvidia/parakeet-tdt-0.6b-v2) or a .nemo file"

@@ -48,7 +48,7 @@ from common.audio import SAMPLE_RATE
 from common.config import ServerConfig, load
 from common.family import FamilyAPI, Step, packed
 from common.jobs import ModelCard, TranscriptionJob, error_event, info_event, segment_event
-from common.serving import serve
+from common.serving import configure_logging, serve
 from common.transcript import Segment, Word
 
 logger = logging.getLogger("open_speech.onnx")
@@ -168,8 +168,6 @@ class OnnxAPI(FamilyAPI):
     config: OnnxConfig
 
     def setup(self, device: str) -> None:
-        # Workers are spawned processes: main()'s logging set-up does not reach them.
-        _configure_logging(self.config)
         providers: list[Any] = ["CPUExecutionProvider"]
         if device.startswith("cuda"):
             providers = [(CUDA, {"device_id": int(device.partition(":")[2] or 0)}), *providers]
@@ -357,13 +355,9 @@ def _words(tokens: list[str], stamps: list[float], offset: float, end: float, fr
     return words
 
 
-def _configure_logging(config: OnnxConfig) -> None:
-    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
 def main(argv: list[str] | None = None) -> None:
     config = resolve_auto(load(OnnxConfig, "onnx", argv))
-    _configure_logging(config)
+    configure_logging(config.log_level)
     if not config.model:
         raise SystemExit(
             "servers/onnx.py needs --model: a Hugging Face repo id (istupakov/parakeet-tdt-0.6b-v2-onnx), "
