@@ -1,6 +1,6 @@
 """Realtime transcription latency and interim cadence, beside plain file requests to the same router.
 
-    .venv/bin/python bench/realtime.py [--sessions 1 4 8] [--clips 3] [--silence-ms 500]
+    .venv/bin/python bench/realtime.py [--sessions 1 4 8] [--clips 3] [--rounds 3] [--silence-ms 500]
 
 Starts `servers/router.py` (bundled tiny.en, CPU). For each session count N, N Realtime sessions each
 stream clips of the dev corpus in real time (24 kHz pcm16, 50 ms appends), each clip followed by
@@ -14,6 +14,9 @@ stream clips of the dev corpus in real time (24 kHz pcm16, 50 ms appends), each 
 
 The baseline, in the same run: the same clips POSTed as files to /v1/audio/transcriptions by N
 closed-loop clients: the latency of getting a transcript without streaming.
+
+Each session count runs `--rounds` times (sessions, then files) and the percentiles pool every round's
+turns: a p50 over one round's dozen turns moves by tens of milliseconds from run to run on a busy machine.
 """
 
 from __future__ import annotations
@@ -104,12 +107,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sessions", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--clips", type=int, default=3, help="clips per session")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per session count, pooled")
     parser.add_argument("--silence-ms", type=int, default=500, help="the sessions' silence_duration_ms")
     args = parser.parse_args()
     pool = [c for c in corpus("dev") if 3 <= c.duration <= 12]
     print(
         f"tiny.en on CPU, server VAD silence {args.silence_ms} ms, {args.clips} clips per session "
-        "streamed in real time; baseline: the same clips as file requests"
+        f"streamed in real time, {args.rounds} rounds pooled; baseline: the same clips as file requests"
     )
     print(
         "| sessions | turns | completed after window p50 / p95 (s) | after speech p50 / p95 (s) | "
@@ -125,9 +129,11 @@ def main() -> None:
             async def sessions(assigned: list[list[Clip]] = assigned) -> list[Recording]:
                 return await asyncio.gather(*(one_session(url, mine, args.silence_ms) for mine in assigned))
 
-            measured = [turns(r, args.silence_ms) for r in asyncio.run(sessions())]
+            measured, files = [], []
+            for _ in range(args.rounds):
+                measured += [turns(r, args.silence_ms) for r in asyncio.run(sessions())]
+                files += file_latencies(router.url, assigned)
             window, speech, intervals, first = ([x for m in measured for x in m[i]] for i in range(4))
-            files = file_latencies(router.url, assigned)
             print(
                 f"| {n} | {len(window)} | {percentile(window, 50):.2f} / {percentile(window, 95):.2f} | "
                 f"{percentile(speech, 50):.2f} / {percentile(speech, 95):.2f} | "

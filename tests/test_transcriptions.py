@@ -233,6 +233,9 @@ def test_interim_text_is_decoded_at_the_lowest_cpu_priority(whisper_server: Serv
     assert interim[19] > interim[0]  # the decoding itself: at nice 19
     final = post()
     assert final[19] == 0 and final[0] > 0
+    # The worker says so in the server's log (LitServe's workers are spawned processes: a callback sets
+    # up their logging).
+    assert "interim text at low priority" in whisper_server.log_path.read_text()
 
 
 def test_dev_corpus_text_and_wer_equal_in_process(client: openai.OpenAI) -> None:
