@@ -45,9 +45,9 @@ from common.serving import configure_logging, serve
 from common.transcript import Segment, Word
 
 logger = logging.getLogger("open_speech.faster_whisper")
+T = TypeVar("T")
 
 BUNDLED = "bundled"
-T = TypeVar("T")
 FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
 
