@@ -28,6 +28,7 @@ COPY pyproject.toml README.md ./
 COPY .ci ./.ci
 COPY common ./common
 COPY specs ./specs
+COPY router ./router
 COPY servers ./servers
 COPY configs ./configs
 RUN bash .ci/setup.sh onnx
@@ -67,6 +68,7 @@ COPY pyproject.toml README.md ./
 COPY .ci ./.ci
 COPY common ./common
 COPY specs ./specs
+COPY router ./router
 COPY servers ./servers
 COPY configs ./configs
 RUN bash .ci/setup.sh cuda,onnx

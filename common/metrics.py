@@ -39,8 +39,6 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 from starlette.responses import Response
-from starlette.routing import Match
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
     from common.jobs import TranscriptionJob
@@ -138,49 +136,12 @@ def _metrics() -> _Metrics:
     return _Metrics()
 
 
-# ---- the HTTP layer -------------------------------------------------------------------------------
-class RequestMetrics:
-    """Count and time every HTTP request but `/metrics`, by model, route template and status.
-
-    The model is fixed for a family server (it serves one); the router's handlers name it in
-    `request.state.model` once they know it.
-    """
-
-    def __init__(self, app: ASGIApp, layer: str, model: str = "") -> None:
-        self.app = app
-        self.layer = layer
-        self.model = model
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] == "/metrics":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = 500  # unless a response starts
-
-        async def send_and_note(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_and_note)
-        finally:
-            model = self.model or scope.get("state", {}).get("model", "")
-            route = _route(scope)
-            metrics = _metrics()
-            metrics.requests[self.layer].labels(model, route, str(status)).inc()
-            metrics.latency[self.layer].labels(model, route).observe(time.perf_counter() - start)
-
-
-def _route(scope: Scope) -> str:
-    """The matched route's path template; requests answered before routing (401, 413) are matched here."""
-    route = scope.get("route")
-    if route is None:
-        app = scope.get("app")
-        route = next((r for r in getattr(app, "routes", ()) if r.matches(scope)[0] == Match.FULL), None)
-    return getattr(route, "path", "unmatched")
+# ---- the HTTP layer (common.middleware.RequestMetrics) -------------------------------------------------
+def http_request(layer: str, model: str, route: str, status: int, seconds: float) -> None:
+    """An HTTP request answered by `layer` (server or router)."""
+    metrics = _metrics()
+    metrics.requests[layer].labels(model, route, str(status)).inc()
+    metrics.latency[layer].labels(model, route).observe(seconds)
 
 
 # ---- the API process: audio and queue -----------------------------------------------------------------

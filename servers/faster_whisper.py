@@ -7,7 +7,7 @@ package, offline, as `tiny.en` and `whisper-1`.
 Batching: each request runs faster-whisper's own `transcribe()` on a thread of its own, all of them
 on one `WhisperModel` with `parallel` CTranslate2 workers, so results are exactly those of in-process
 faster-whisper with the same settings. Requests start as they arrive, up to `max_batch_size` at a
-time (LitServe's continuous batching, `common.family.ConcurrentFamilyAPI`). On CPU this beats
+time (LitServe's continuous batching, `specs.family.ConcurrentFamilyAPI`). On CPU this beats
 stacking the 30 s windows of several requests into one CTranslate2 batch (measured on 2 cores: two
 workers ~2.0x sequential, one batch of 4 windows ~1.6x). On a GPU the stacked batch is likely the
 better design; it has not been measured here (no GPU).
@@ -39,10 +39,10 @@ import ctranslate2
 import faster_whisper
 
 from common.config import ServerConfig, load
-from common.family import ConcurrentFamilyAPI
 from common.jobs import ModelCard, TranscriptionJob, error_event, info_event, segment_event
-from common.serving import configure_logging, serve
 from common.transcript import Segment, Word
+from specs.family import ConcurrentFamilyAPI
+from specs.serving import configure_logging, serve
 
 logger = logging.getLogger("open_speech.faster_whisper")
 T = TypeVar("T")

@@ -43,11 +43,11 @@ from omegaconf import DictConfig, open_dict
 
 from common.audio import SAMPLE_RATE
 from common.config import ServerConfig, load
-from common.family import FamilyAPI, Step, only
 from common.jobs import ModelCard, TranscriptionJob, error_event, info_event, segment_event
-from common.serving import configure_logging, serve
 from common.transcript import Segment, Word
 from servers.nemo_streaming import LiveStream, step_round
+from specs.family import FamilyAPI, Step, only
+from specs.serving import configure_logging, serve
 
 logger = logging.getLogger("open_speech.nemo")
 AED_CHUNK_SECONDS = 40.0  # Canary is trained on utterances up to 40 s

@@ -46,10 +46,10 @@ from onnx_asr.utils import pad_list
 
 from common.audio import SAMPLE_RATE
 from common.config import ServerConfig, load
-from common.family import FamilyAPI, Step, packed
 from common.jobs import ModelCard, TranscriptionJob, error_event, info_event, segment_event
-from common.serving import configure_logging, serve
 from common.transcript import Segment, Word
+from specs.family import FamilyAPI, Step, packed
+from specs.serving import configure_logging, serve
 
 logger = logging.getLogger("open_speech.onnx")
 CUDA = "CUDAExecutionProvider"

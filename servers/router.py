@@ -10,14 +10,11 @@ configs/router.yaml, OPEN_SPEECH_* variables and the command line (see `common.c
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import functools
 import json
 import logging
-import secrets
 import sys
 import time
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -35,28 +32,26 @@ from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, Response, StreamingResponse
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Receive, Scope, Send
 
-from common import metrics, pull
+from common import metrics
 from common.config import load
 from common.errors import ApiError, install_error_handlers
 from common.languages import LANGUAGES
-from common.openapi import audio_form
-from common.realtime.endpoint import RealtimeEndpoint
-from common.realtime.protocol import SessionConfig
-from common.realtime.recognizers import Busy, Incremental, ItemDecoder, Redecode
-from common.realtime.recognizers import Request as RealtimeRequest
-from common.realtime.session import DecoderFactory, Limits
-from common.registry import REPO, ModelEntry, Registry
-from common.serving import UploadLimit
-from common.supervisor import ModelServer, Supervisor
-from common.upload import SpooledUpload, spool
+from common.middleware import BearerAuth, RequestId, RequestIdFilter, RequestMetrics, UploadLimit, request_id
+from router import pull
+from router.openapi import audio_form
+from router.proxy import SpooledUpload, spool
+from router.realtime.endpoint import RealtimeEndpoint
+from router.realtime.protocol import SessionConfig
+from router.realtime.recognizers import Busy, Incremental, ItemDecoder, Redecode
+from router.realtime.recognizers import Request as RealtimeRequest
+from router.realtime.session import DecoderFactory, Limits
+from router.registry import REPO, WEB, ModelEntry, Registry
+from router.supervisor import ModelServer, Supervisor
 
 logger = logging.getLogger("open_speech.router")
-request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 CREATED = int(time.time())
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "date", "server"}
-WEB = Path(__file__).resolve().parent / "web"  # the page at `/` and its assets under /web/
 
 
 @dataclass
@@ -77,37 +72,6 @@ class RouterConfig:
     realtime_interim_seconds: float = 0.5
     realtime_interim_concurrency: int = 1
     log_level: str = "info"
-
-
-class RequestId:
-    """Tag every request with an id (the client's X-Request-ID, or a new one): in logs and responses."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode(errors="replace")[:64]
-        rid = incoming or uuid.uuid4().hex[:16]
-        token = request_id.set(rid)
-
-        async def send_with_id(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            request_id.reset(token)
-
-
-class _RequestIdFilter(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = request_id.get()
-        return True
 
 
 class Router:
@@ -151,7 +115,7 @@ class Router:
                 expose_headers=["x-request-id"],
             )
         app.add_middleware(RequestId)
-        app.add_middleware(metrics.RequestMetrics, layer="router")
+        app.add_middleware(RequestMetrics, layer="router")
         return app
 
     @asynccontextmanager
@@ -171,7 +135,7 @@ class Router:
 
     # ---- the page, health, metrics and models ---------------------------------------------------
     async def page(self) -> FileResponse:
-        """The web page: upload, live microphone, models (servers/web/; it asks for the API key itself)."""
+        """The web page: upload, live microphone, models (router/web/; it asks for the API key itself)."""
         return FileResponse(WEB / "index.html")
 
     async def health(self) -> dict[str, Any]:
@@ -435,32 +399,6 @@ class Router:
         )
 
 
-class BearerAuth:
-    """`Authorization: Bearer <key>` on every route but /health and the web page, in OpenAI's error shape when wrong.
-
-    The page (`/` and its static files under /web/) holds no data: it asks for the key and sends it to the API.
-    """
-
-    def __init__(self, app: ASGIApp, key: str) -> None:
-        self.app = app
-        self.key = key.encode()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not _public(scope["path"]) and scope["method"] != "OPTIONS":
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            if not secrets.compare_digest(given, b"Bearer " + self.key):
-                error = ApiError(
-                    401, "Incorrect or missing API key: send 'Authorization: Bearer <key>'.", code="invalid_api_key"
-                )
-                await error.response()(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
-def _public(path: str) -> bool:
-    return path in ("/health", "/") or path.startswith("/web/")
-
-
 def _downloaded(entry: ModelEntry) -> bool:
     if entry.source == "bundled":
         return True
@@ -501,7 +439,7 @@ def _ndjson_response(first: list[dict[str, Any]], rest: AsyncIterator[dict[str, 
 def main(argv: list[str] | None = None) -> None:
     config = load(RouterConfig, "router", argv)
     handler = logging.StreamHandler()
-    handler.addFilter(_RequestIdFilter())
+    handler.addFilter(RequestIdFilter())
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"))
     logging.basicConfig(level=config.log_level.upper(), handlers=[handler])
     app = Router(config).app()

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from common.registry import FAMILY_SCRIPTS, REPO, Registry
+from router.registry import FAMILY_SCRIPTS, REPO, Registry
 from servers.router import RouterConfig
 
 DEPLOY = REPO / "deploy"

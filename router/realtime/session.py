@@ -31,10 +31,10 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from common.audio import SAMPLE_RATE
 from common.errors import ApiError
-from common.realtime.audio import InputDecoder
-from common.realtime.protocol import SessionConfig, error_event, new_id
-from common.realtime.recognizers import ItemDecoder
-from common.realtime.vad import Boundary, TurnDetector
+from router.realtime.audio import InputDecoder
+from router.realtime.protocol import SessionConfig, error_event, new_id
+from router.realtime.recognizers import ItemDecoder
+from router.realtime.vad import Boundary, TurnDetector
 
 logger = logging.getLogger("open_speech.realtime")
 

@@ -13,8 +13,8 @@ import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from common.realtime.audio import InputFormat
-from common.realtime.vad import TurnDetection
+from router.realtime.audio import InputFormat
+from router.realtime.vad import TurnDetection
 
 Shape = Literal["ga", "beta"]
 

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
+WEB = Path(__file__).resolve().parent / "web"  # the page the router serves at `/`, its assets under /web/
 FAMILY_SCRIPTS = {
     "faster-whisper": "servers/faster_whisper.py",
     "nemo": "servers/nemo.py",

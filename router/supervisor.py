@@ -23,7 +23,7 @@ import httpx
 import psutil
 
 from common.errors import ApiError
-from common.registry import ModelEntry, Registry
+from router.registry import ModelEntry, Registry
 
 logger = logging.getLogger("open_speech.supervisor")
 

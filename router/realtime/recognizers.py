@@ -20,7 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
-from common.realtime.protocol import new_id
+from router.realtime.protocol import new_id
 
 
 @dataclass(frozen=True)

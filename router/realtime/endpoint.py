@@ -16,8 +16,8 @@ from collections.abc import Callable
 from starlette.websockets import WebSocket
 
 from common.errors import ApiError
-from common.realtime.protocol import SessionConfig, error_event
-from common.realtime.session import DecoderFactory, Limits, Session
+from router.realtime.protocol import SessionConfig, error_event
+from router.realtime.session import DecoderFactory, Limits, Session
 
 logger = logging.getLogger("open_speech.realtime")
 KEY_PROTOCOL = "openai-insecure-api-key."

@@ -1,0 +1,161 @@
+"""Every ASGI middleware of open-speech, one small class per concern, shared by the router and the
+family servers: request ids, bearer-key auth, upload size limits and request metrics."""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import secrets
+import time
+import uuid
+
+from fastapi import HTTPException
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from common import metrics
+from common.errors import ApiError
+
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+
+class RequestId:
+    """Tag every request with an id (the client's X-Request-ID, or a new one): in logs and responses."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode(errors="replace")[:64]
+        rid = incoming or uuid.uuid4().hex[:16]
+        token = request_id.set(rid)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            request_id.reset(token)
+
+
+class RequestIdFilter(logging.Filter):
+    """Give log records the id of the request being served (`%(request_id)s`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id.get()
+        return True
+
+
+class BearerAuth:
+    """`Authorization: Bearer <key>` on every route but /health and the web page, in OpenAI's error shape when wrong.
+
+    The page (`/` and its static files under /web/) holds no data: it asks for the key and sends it to the API.
+    """
+
+    def __init__(self, app: ASGIApp, key: str) -> None:
+        self.app = app
+        self.key = key.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not _public(scope["path"]) and scope["method"] != "OPTIONS":
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not secrets.compare_digest(given, b"Bearer " + self.key):
+                error = ApiError(
+                    401, "Incorrect or missing API key: send 'Authorization: Bearer <key>'.", code="invalid_api_key"
+                )
+                await error.response()(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _public(path: str) -> bool:
+    return path in ("/health", "/") or path.startswith("/web/")
+
+
+class UploadLimit:
+    """Refuse request bodies over `max_bytes` with 413, before they are buffered.
+
+    A declared Content-Length over the limit is answered at once; a body without one is counted as it
+    arrives and cut off when it passes the limit.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            response = self._error().response()
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def counted_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise HTTPException(413, self._error().message)
+            return message
+
+        await self.app(scope, counted_receive, send)
+
+    def _error(self) -> ApiError:
+        limit_mb = self.max_bytes / 1_000_000
+        return ApiError(
+            413,
+            f"The upload is larger than this server's limit of {limit_mb:g} MB.",
+            param="file",
+            code="file_too_large",
+        )
+
+
+class RequestMetrics:
+    """Count and time every HTTP request but `/metrics`, by model, route template and status.
+
+    The model is fixed for a family server (it serves one); the router's handlers name it in
+    `request.state.model` once they know it.
+    """
+
+    def __init__(self, app: ASGIApp, layer: str, model: str = "") -> None:
+        self.app = app
+        self.layer = layer
+        self.model = model
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] == "/metrics":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500  # unless a response starts
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            model = self.model or scope.get("state", {}).get("model", "")
+            metrics.http_request(self.layer, model, _route(scope), status, time.perf_counter() - start)
+
+
+def _route(scope: Scope) -> str:
+    """The matched route's path template; requests answered before routing (401, 413) are matched here."""
+    route = scope.get("route")
+    if route is None:
+        app = scope.get("app")
+        route = next((r for r in getattr(app, "routes", ()) if r.matches(scope)[0] == Match.FULL), None)
+    return getattr(route, "path", "unmatched")
