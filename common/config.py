@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from common.models import Capabilities
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 ENV_PREFIX = "OPEN_SPEECH_"
 
@@ -35,6 +37,16 @@ class ServerConfig:
     max_audio_seconds: float = 7200.0
     queue_timeout: float = 600.0
     log_level: str = "info"
+    # What the model can do, as the router's registry declares it; unset: detected from the model.
+    languages: list[str] | None = None
+    translate: bool | None = None
+    word_timestamps: bool | None = None
+
+    def capabilities(self, detected: Capabilities) -> Capabilities:
+        """`detected`, with what this server was told (by the registry) in place of what it detected."""
+        told = {"translate": self.translate, "word_timestamps": self.word_timestamps}
+        told["languages"] = tuple(self.languages) if self.languages else None
+        return dataclasses.replace(detected, **{key: value for key, value in told.items() if value is not None})
 
 
 def load(cls: type[T], name: str, argv: list[str] | None = None) -> T:

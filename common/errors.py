@@ -40,6 +40,16 @@ class ApiError(Exception):
         self.code = code
         self.headers = headers
 
+    def fields(self) -> dict[str, Any]:
+        """The constructor's arguments, to carry the error across processes."""
+        return {
+            "status": self.status,
+            "message": self.message,
+            "param": self.param,
+            "code": self.code,
+            "headers": self.headers,
+        }
+
     def body(self) -> dict[str, Any]:
         return error_body(self.status, self.message, param=self.param, code=self.code)
 
@@ -51,6 +61,11 @@ def queue_timeout() -> ApiError:
     """A request that waited in a model server's queue longer than its `queue_timeout`."""
     message = "The server is overloaded: the request waited too long in the queue."
     return ApiError(503, message, code="queue_timeout", headers={"Retry-After": "5"})
+
+
+def model_failed() -> ApiError:
+    """The model raised while decoding a request (logged where it happened)."""
+    return ApiError(500, "The model failed while transcribing this request.", code="model_error")
 
 
 def error_body(status: int, message: str, *, param: str | None = None, code: str | None = None) -> dict[str, Any]:

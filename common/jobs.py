@@ -1,11 +1,11 @@
 """What crosses between the API process and the inference workers.
 
-The spec sends a `TranscriptionJob` (decoded PCM plus options); the family's worker answers with a
-stream of small JSON events, so every family speaks the same protocol:
+The spec sends a `TranscriptionJob` (decoded PCM plus typed options); the family's worker answers with
+a stream of small JSON events, so every family speaks the same protocol:
 
     {"event": "info", "language": "en", "duration": 7.2}       once, first
     {"event": "segment", **Segment.to_dict()}                   as text is decoded
-    {"event": "error", "status": 400, "message": ..., "code": ...}  instead of the rest
+    {"event": "error", "status": 400, "message": ..., ...}      instead of the rest (an `ApiError`)
 """
 
 from __future__ import annotations
@@ -16,7 +16,17 @@ from typing import Any
 
 import numpy as np
 
+from common.errors import ApiError
 from common.transcript import Segment, Task
+
+
+@dataclass(frozen=True)
+class LiveStep:
+    """A request that continues a live stream the model worker keeps between requests (cache-aware
+    models, stepped by the router's Realtime sessions): the stream's id, and whether this step ends it."""
+
+    id: str
+    final: bool = False
 
 
 @dataclass
@@ -28,33 +38,15 @@ class TranscriptionJob:
     temperature: float | None = None  # None: the family's default (Whisper: fallback 0.0 … 1.0)
     word_timestamps: bool = False
     stream: bool = False  # the client streams: families that can decode incrementally do so
-    options: dict[str, Any] = field(default_factory=dict)  # family-specific extras
+    target_language: str | None = None  # models that translate into several languages (Canary)
+    interim: bool = False  # only a Realtime turn's interim text: a family may trade accuracy for speed
+    live: LiveStep | None = None
     # When the spec made it, just before queueing it (time.monotonic is one clock for all processes).
     queued_at: float = field(default_factory=time.monotonic)
 
     @property
     def duration(self) -> float:
         return len(self.audio) / 16_000
-
-
-@dataclass(frozen=True)
-class ModelCard:
-    """What a served model is and can do; shown by /v1/models and used to validate requests."""
-
-    id: str
-    family: str
-    aliases: tuple[str, ...] = ()
-    languages: tuple[str, ...] | None = None  # None: every language the family knows
-    translate: bool = True
-    word_timestamps: bool = True
-    # Keeps a stream's state between requests (form field `live_id`): cache-aware streaming models,
-    # which the router's Realtime WebSocket steps incrementally.
-    live: bool = False
-    settings: dict[str, Any] = field(default_factory=dict)  # the server's effective configuration
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return (self.id, *self.aliases)
 
 
 def info_event(language: str, duration: float) -> dict[str, Any]:
@@ -65,5 +57,11 @@ def segment_event(segment: Segment) -> dict[str, Any]:
     return {"event": "segment", **segment.to_dict()}
 
 
-def error_event(status: int, message: str, code: str | None = None) -> dict[str, Any]:
-    return {"event": "error", "status": status, "message": message, "code": code}
+def error_event(error: ApiError) -> dict[str, Any]:
+    """The event that ends a job with `error`; the spec raises it again in the API process."""
+    return {"event": "error", **error.fields()}
+
+
+def read_error(event: dict[str, Any]) -> ApiError:
+    """The `ApiError` an error event carries."""
+    return ApiError(**{key: value for key, value in event.items() if key != "event"})

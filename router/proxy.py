@@ -1,4 +1,5 @@
-"""Spool a multipart upload once, reading its small form fields on the way.
+"""The audio routes through the router: spool a multipart upload once, reading its small form fields on
+the way, and forward it to the family server of its `model`, relaying the answer as it comes.
 
 The router must know the `model` field before it can pick a family server, but the file part may be
 large. `spool` reads the body once into a temporary file (in memory up to 1 MB, on disk beyond),
@@ -8,13 +9,27 @@ is then forwarded byte for byte, streamed from the spool, so an upload is never 
 
 from __future__ import annotations
 
+import json
+import logging
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import IO
 
+import httpx
+from fastapi import FastAPI
+from fastapi.responses import Response, StreamingResponse
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
+
+from common.errors import ApiError
+from common.middleware import request_id
+from router.openapi import audio_form
+from router.registry import Registry
+from router.supervisor import Served, Supervisor
+
+logger = logging.getLogger("open_speech.router")
+HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "date", "server"}
 
 SPOOL_IN_MEMORY = 1 << 20
 MAX_FIELD_BYTES = 4096  # text fields longer than this are not kept (prompts are forwarded, not read)
@@ -35,6 +50,68 @@ class SpooledUpload:
 
     def close(self) -> None:
         self.body.close()
+
+
+class Proxy:
+    """`/v1/audio/transcriptions` and `/v1/audio/translations`, forwarded by `model` to its family server."""
+
+    def __init__(self, registry: Registry, supervisor: Supervisor, http: httpx.AsyncClient) -> None:
+        self.registry = registry
+        self.supervisor = supervisor
+        self.http = http
+
+    def install(self, app: FastAPI) -> None:
+        # The routes read the raw body (forwarded byte for byte): their form is documented by hand.
+        for path, task in (("/v1/audio/transcriptions", "transcribe"), ("/v1/audio/translations", "translate")):
+            app.add_api_route(path, self.forward, methods=["POST"], openapi_extra=audio_form(task))
+
+    async def forward(self, request: Request) -> Response:
+        upload = await spool(request)
+        try:
+            model = upload.fields.get("model")
+            if not model:
+                raise ApiError(
+                    422, "Missing required parameter: 'model'.", param="model", code="missing_required_parameter"
+                )
+            entry = self.registry.entry(model)
+            request.state.model = entry.id  # the metrics label
+            server = await self.supervisor.server_for(entry)
+        except BaseException:
+            upload.close()
+            raise
+        server.acquire()
+        headers = {
+            "content-type": upload.content_type,
+            "content-length": str(upload.size),
+            "x-request-id": request_id.get(),
+        }
+        upstream = self.http.build_request(
+            "POST", server.url + request.url.path, content=upload.chunks(), headers=headers
+        )
+        try:
+            response = await self.http.send(upstream, stream=True)
+        except httpx.TransportError as exc:
+            server.release()
+            upload.close()
+            raise server.unavailable(exc) from None
+        headers = {k: v for k, v in response.headers.items() if k.lower() not in HOP_BY_HOP}
+        return StreamingResponse(
+            self._relay(response, server, upload), status_code=response.status_code, headers=headers
+        )
+
+    async def _relay(self, response: httpx.Response, server: Served, upload: SpooledUpload) -> AsyncIterator[bytes]:
+        """The family server's bytes as they arrive; a server that dies mid-stream ends it with an error."""
+        try:
+            async for chunk in response.aiter_raw():
+                yield chunk
+        except httpx.TransportError as exc:
+            error = server.unavailable(exc)
+            if response.headers.get("content-type", "").startswith("text/event-stream"):
+                yield f"data: {json.dumps(error.body())}\n\n".encode()
+        finally:
+            await response.aclose()
+            server.release()
+            upload.close()
 
 
 async def spool(request: Request) -> SpooledUpload:

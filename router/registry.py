@@ -19,6 +19,9 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from common.errors import ApiError
+from common.models import Capabilities
+
 REPO = Path(__file__).resolve().parent.parent
 WEB = Path(__file__).resolve().parent / "web"  # the page the router serves at `/`, its assets under /web/
 FAMILY_SCRIPTS = {
@@ -37,10 +40,8 @@ class ModelEntry:
     source: str
     aliases: tuple[str, ...] = ()
     options: dict[str, Any] = field(default_factory=dict)
-    languages: tuple[str, ...] | None = None  # None: every language the family knows
-    translate: bool = False
-    stream: bool = True
-    word_timestamps: bool = True
+    # Declared here, passed to the family server, which serves by it: one source for router and family.
+    capabilities: Capabilities = field(default_factory=Capabilities)
     description: str = ""
     url: str = ""  # served by an external family server at this base URL (never started by the router)
 
@@ -67,8 +68,10 @@ class ModelEntry:
 
     def server_args(self) -> list[str]:
         """The family server's command-line options that make it serve this entry."""
+        able = self.capabilities
         args = ["--model", self.source, "--name", self.id, "--aliases", ",".join(self.aliases)]
-        for key, value in self.options.items():
+        declared = {"languages": list(able.languages or []), "translate": able.translate}
+        for key, value in ({**declared, "word_timestamps": able.word_timestamps} | self.options).items():
             text = (
                 ",".join(map(str, value))
                 if isinstance(value, list)
@@ -88,6 +91,15 @@ class Registry:
     def resolve(self, name: str) -> ModelEntry | None:
         """The entry whose id or alias is `name`."""
         return self._names().get(name)
+
+    def entry(self, name: str) -> ModelEntry:
+        """The entry whose id or alias is `name`; 404 in OpenAI's shape when there is none."""
+        entry = self.resolve(name)
+        if entry is None:
+            raise ApiError(
+                404, f"The model '{name}' does not exist; see /v1/models.", param="model", code="model_not_found"
+            )
+        return entry
 
     def _names(self) -> dict[str, ModelEntry]:
         return {name: entry for entry in self.models.values() for name in entry.names}
@@ -111,7 +123,8 @@ class Registry:
 
 
 def _entry(raw: dict[str, Any], path: Path) -> ModelEntry:
-    unknown = set(raw) - set(ModelEntry.__dataclass_fields__)
+    capability_keys = {"languages", "translate", "stream", "word_timestamps"}
+    unknown = set(raw) - set(ModelEntry.__dataclass_fields__) - capability_keys
     if unknown:
         raise ValueError(f"{path}: model {raw.get('id')!r} has unknown keys {sorted(unknown)}")
     if raw.get("family") not in FAMILY_SCRIPTS:
@@ -123,11 +136,17 @@ def _entry(raw: dict[str, Any], path: Path) -> ModelEntry:
     if url and urlsplit(url).scheme not in ("http", "https"):
         raise ValueError(f"{path}: model {raw.get('id')!r} has url {url!r}, expected http://host:port")
     languages = raw.get("languages")
+    capabilities = Capabilities(
+        languages=None if languages in (None, "all") else tuple(languages),
+        translate=raw.get("translate", False),
+        stream=raw.get("stream", True),
+        word_timestamps=raw.get("word_timestamps", True),
+    )
     return ModelEntry(
         **{
-            **raw,
+            **{key: value for key, value in raw.items() if key not in capability_keys},
             "aliases": tuple(raw.get("aliases", ())),
-            "languages": None if languages in (None, "all") else tuple(languages),
+            "capabilities": capabilities,
             "options": dict(raw.get("options") or {}),
             "url": url.rstrip("/"),
         }

@@ -16,6 +16,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -38,10 +39,24 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 free now, for a server to listen on."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+async def until_healthy(url: str, alive: Callable[[], bool]) -> bool:
+    """Poll the server at `url` until its /health answers 200 (True) or `alive()` turns false (False)."""
+    async with httpx.AsyncClient(timeout=2) as http:
+        while alive():
+            try:
+                if (await http.get(url + "/health")).status_code == 200:
+                    return True
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.25)
+    return False
 
 
 @dataclass
@@ -66,6 +81,11 @@ class Served:
         self.last_used = time.time()
         if self.in_flight == 0:
             self.idle.set()
+
+    def unavailable(self, exc: Exception) -> ApiError:
+        """The 503 for a request this server failed to answer (it died or cannot be reached), logged."""
+        logger.error("model server %s failed during a request: %r", self.entry.id, exc)
+        return ApiError(503, self.unavailable_message, code="model_unavailable", headers={"Retry-After": "1"})
 
 
 @dataclass
@@ -146,10 +166,11 @@ class Supervisor:
     started) by `load`, refused by `unload`, never expired.
     """
 
-    def __init__(self, registry: Registry, keep_alive: float, load_timeout: float) -> None:
+    def __init__(self, registry: Registry, keep_alive: float, load_timeout: float, load_on_request: str) -> None:
         self.default = registry.default
         self.keep_alive = keep_alive
         self.load_timeout = load_timeout
+        self.load_on_request = load_on_request  # "wait" or "reject"
         self.servers: dict[str, ModelServer | ExternalServer] = {
             entry.id: ExternalServer(entry) for entry in registry.models.values() if entry.external
         }
@@ -167,6 +188,22 @@ class Supervisor:
             task = asyncio.create_task(self.load(entry))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
+
+    async def server_for(self, entry: ModelEntry) -> ModelServer | ExternalServer:
+        """The server to send a request for `entry` to: loaded now if need be, or (`load_on_request` reject)
+        a 503 with Retry-After while it loads in the background."""
+        server = self.servers.get(entry.id)
+        if server is not None and server.alive and not server.stopping:
+            return server
+        if self.load_on_request == "reject":
+            self.load_in_background(entry)
+            raise ApiError(
+                503,
+                f"Model '{entry.id}' is loading; retry shortly.",
+                code="model_loading",
+                headers={"Retry-After": "10"},
+            )
+        return await self.load(entry)
 
     async def load(self, entry: ModelEntry) -> ModelServer | ExternalServer:
         """The model's server, started if needed; concurrent callers share one start.
@@ -195,8 +232,9 @@ class Supervisor:
                 param="model",
                 code="family_unavailable",
             )
-        port = _free_port()
-        command = [sys.executable, str(entry.script), "--host", "127.0.0.1", "--port", str(port), *entry.server_args()]
+        port = free_port()
+        command = [sys.executable, str(entry.script), "--host", "127.0.0.1", "--port", str(port)]
+        command += entry.server_args()
         logger.info("loading %s: %s", entry.id, " ".join(command))
         # The router's own config file is not the family server's; OPEN_SPEECH_* options pass through.
         env = {k: v for k, v in os.environ.items() if k != "OPEN_SPEECH_CONFIG"}
@@ -206,15 +244,23 @@ class Supervisor:
         server = ModelServer(entry, port=port, process=process)
         server.idle.set()
         try:
-            await asyncio.wait_for(self._until_healthy(server), self.load_timeout)
+            healthy = await asyncio.wait_for(until_healthy(server.url, lambda: server.alive), self.load_timeout)
         except TimeoutError:
             await self._kill(server)
             raise ApiError(
                 503, f"Model '{entry.id}' did not load within {self.load_timeout:g} s.", code="model_load_timeout"
             ) from None
-        except BaseException:  # failed, or cancelled by shutdown: leave no process behind
+        except BaseException:  # cancelled by shutdown: leave no process behind
             await self._kill(server)
             raise
+        if not healthy:
+            await self._kill(server)
+            raise ApiError(
+                500,
+                f"Model '{entry.id}' failed to load (its server exited with {process.returncode}); "
+                "see the router's log.",
+                code="model_load_failed",
+            )
         server.config = await self._effective_config(server)
         server.last_used = time.time()  # idle from now, not from the start of a load that may outlast keep_alive
         self.servers[entry.id] = server
@@ -223,22 +269,6 @@ class Supervisor:
             "loaded %s (pid %d, port %d) in %.1f s", entry.id, process.pid, port, time.time() - server.loaded_at
         )
         return server
-
-    async def _until_healthy(self, server: ModelServer) -> None:
-        while True:
-            if not server.alive:
-                raise ApiError(
-                    500,
-                    f"Model '{server.entry.id}' failed to load (its server exited with "
-                    f"{server.process.returncode}); see the router's log.",
-                    code="model_load_failed",
-                )
-            try:
-                if (await self.http.get(server.url + "/health")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.25)
 
     async def _effective_config(self, server: ModelServer) -> dict:
         try:

@@ -13,25 +13,25 @@ a router in the background on a free port for the command, stop it afterwards, a
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import mimetypes
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 from tqdm import tqdm
 
 from common.formats import RESPONSE_FORMATS
+from router.supervisor import free_port, until_healthy
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 EXTENSIONS = {"json": ".json", "verbose_json": ".json", "text": ".txt", "srt": ".srt", "vtt": ".vtt"}
@@ -139,9 +139,7 @@ def _answers(url: str) -> bool:
 @contextmanager
 def _background_router(url: str, api_key: str) -> Iterator[str]:
     """A router on a free port of 127.0.0.1 for the duration of one command (models load on first use)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     started = f"http://127.0.0.1:{port}"
     print(f"open-speech: no server at {url}; starting one at {started} for this command", file=sys.stderr)
     command = [sys.executable, "-m", "servers.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
@@ -156,26 +154,19 @@ def _background_router(url: str, api_key: str) -> Iterator[str]:
             start_new_session=True,  # the terminal's Ctrl-C reaches only us; we stop it in order
         )
         try:
-            _wait_healthy(process, started, log)
+            try:
+                healthy = asyncio.run(
+                    asyncio.wait_for(until_healthy(started, lambda: process.poll() is None), START_TIMEOUT)
+                )
+            except TimeoutError:
+                raise CliError(f"the router started at {started} did not answer within {START_TIMEOUT:.0f} s") from None
+            if not healthy:
+                log.seek(0)
+                tail = log.read().decode(errors="replace")[-3000:]
+                raise CliError(f"the router exited with status {process.returncode}:\n{tail}")
             yield started
         finally:
             _stop(process)
-
-
-def _wait_healthy(process: subprocess.Popen[bytes], url: str, log: IO[bytes]) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            log.seek(0)
-            tail = log.read().decode(errors="replace")[-3000:]
-            raise CliError(f"the router exited with status {process.returncode}:\n{tail}")
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise CliError(f"the router started at {url} did not answer within {START_TIMEOUT:.0f} s")
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
@@ -323,46 +314,49 @@ def pull(client: httpx.Client, args: argparse.Namespace) -> int:
     raise CliError("the server ended the pull before it finished")
 
 
+PS_COLUMNS: list[tuple[str, Callable[[dict[str, Any]], Any]]] = [
+    ("MODEL", lambda m: m["id"]),
+    ("FAMILY", lambda m: m.get("family", "")),
+    ("DEVICE", lambda m: m.get("device", "")),
+    ("MEMORY", lambda m: f"{m['memory'] / 2**20:.0f} MiB" if m.get("memory") else "-"),
+    ("PID", lambda m: m.get("pid") or "-"),
+    ("PORT", lambda m: m.get("port") or "-"),
+    ("IN FLIGHT", lambda m: m.get("in_flight", 0)),
+    ("LOADED", lambda m: m.get("loaded_at", "")),
+    ("UNLOADS", lambda m: m.get("expires_at") or "never"),
+]
+MODELS_COLUMNS: list[tuple[str, Callable[[dict[str, Any]], Any]]] = [
+    ("MODEL", lambda m: m["id"]),
+    ("FAMILY", lambda m: m.get("family", "")),
+    ("ALIASES", lambda m: ",".join(m.get("aliases", []))),
+    ("DOWNLOADED", lambda m: _yes(m.get("downloaded"))),
+    ("LOADED", lambda m: _yes(m.get("loaded"))),
+    ("SOURCE", lambda m: m.get("source", "")),
+]
+
+
 def ps(client: httpx.Client, args: argparse.Namespace) -> int:
-    loaded = _check(client.get("/api/ps")).json()
-    if args.json:
-        print(json.dumps(loaded, indent=2))
-        return 0
-    rows = [
-        [
-            m["id"],
-            m.get("family", ""),
-            m.get("device", ""),
-            f"{m['memory'] / 2**20:.0f} MiB" if m.get("memory") else "-",
-            m.get("pid") or "-",
-            m.get("port") or "-",
-            m.get("in_flight", 0),
-            m.get("loaded_at", ""),
-            m.get("expires_at") or "never",
-        ]
-        for m in loaded["models"]
-    ]
-    print(_table(["MODEL", "FAMILY", "DEVICE", "MEMORY", "PID", "PORT", "IN FLIGHT", "LOADED", "UNLOADS"], rows))
-    return 0
+    return _listing(client, args, "/api/ps", "models", PS_COLUMNS)
 
 
 def models(client: httpx.Client, args: argparse.Namespace) -> int:
-    listed = _check(client.get("/v1/models")).json()
+    return _listing(client, args, "/v1/models", "data", MODELS_COLUMNS)
+
+
+def _listing(
+    client: httpx.Client,
+    args: argparse.Namespace,
+    route: str,
+    key: str,
+    columns: list[tuple[str, Callable[[dict[str, Any]], Any]]],
+) -> int:
+    """The server's JSON at `route` (--json), or its `key` list as a table with `columns`."""
+    listed = _check(client.get(route)).json()
     if args.json:
         print(json.dumps(listed, indent=2))
         return 0
-    rows = [
-        [
-            m["id"],
-            m.get("family", ""),
-            ",".join(m.get("aliases", [])),
-            _yes(m.get("downloaded")),
-            _yes(m.get("loaded")),
-            m.get("source", ""),
-        ]
-        for m in listed["data"]
-    ]
-    print(_table(["MODEL", "FAMILY", "ALIASES", "DOWNLOADED", "LOADED", "SOURCE"], rows))
+    rows = [[cell(model) for _, cell in columns] for model in listed[key]]
+    print(_table([header for header, _ in columns], rows))
     return 0
 
 

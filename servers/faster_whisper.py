@@ -30,16 +30,20 @@ if __name__ == "__main__":
 import json
 import logging
 import os
+import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any, TypeVar
 
 import ctranslate2
 import faster_whisper
 
 from common.config import ServerConfig, load
-from common.jobs import ModelCard, TranscriptionJob, error_event, info_event, segment_event
+from common.errors import ApiError
+from common.jobs import TranscriptionJob, error_event, info_event, segment_event
+from common.models import Capabilities, ModelCard
 from common.transcript import Segment, Word
 from specs.family import ConcurrentFamilyAPI
 from specs.serving import configure_logging, serve
@@ -102,8 +106,9 @@ def model_card(config: FasterWhisperConfig) -> ModelCard:
         id=name,
         family="faster-whisper",
         aliases=tuple(a for a in config.aliases if a != name),
-        languages=("en",) if english_only else None,
-        translate=not english_only,
+        capabilities=config.capabilities(
+            Capabilities(languages=("en",) if english_only else None, translate=not english_only)
+        ),
         settings=asdict(config),
     )
 
@@ -148,7 +153,7 @@ class FasterWhisperAPI(ConcurrentFamilyAPI):
         )
 
     def transcribe_job(self, job: TranscriptionJob) -> Iterator[dict[str, Any]]:
-        model = self.interim_model if job.options.get("interim") else self.model
+        model = self.interim_model if job.interim else self.model
         try:
             segments, info = model.transcribe(
                 job.audio,
@@ -157,8 +162,8 @@ class FasterWhisperAPI(ConcurrentFamilyAPI):
                 initial_prompt=job.prompt,
                 temperature=FALLBACK_TEMPERATURES if job.temperature is None else job.temperature,
                 # Interim text of a Realtime turn: greedy and without timestamp tokens, about twice as fast.
-                beam_size=1 if job.options.get("interim") else self.config.beam_size,
-                without_timestamps=bool(job.options.get("interim")),
+                beam_size=1 if job.interim else self.config.beam_size,
+                without_timestamps=job.interim,
                 word_timestamps=job.word_timestamps,
                 vad_filter=self.config.vad_filter,
                 condition_on_previous_text=self.config.condition_on_previous_text,
@@ -167,7 +172,7 @@ class FasterWhisperAPI(ConcurrentFamilyAPI):
             for s in segments:
                 yield segment_event(_segment(s))
         except ValueError as exc:
-            yield error_event(400, str(exc), "invalid_request")
+            yield error_event(ApiError(400, str(exc), code="invalid_request"))
 
 
 def at_lowest_priority(make: Callable[[], T]) -> T:
@@ -201,8 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     config = resolve_auto(load(FasterWhisperConfig, "faster_whisper", argv))
     configure_logging(config.log_level)
     api = FasterWhisperAPI(config, model_card(config))
-    devices: int | str = int(config.devices) if config.devices.isdigit() else config.devices
-    serve(api, config, config.device, devices, config.workers_per_device)
+    serve(api, config, config.device, config.devices, config.workers_per_device)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -43,15 +44,18 @@ from omegaconf import DictConfig, open_dict
 
 from common.audio import SAMPLE_RATE
 from common.config import ServerConfig, load
-from common.jobs import ModelCard, TranscriptionJob, error_event, info_event, segment_event
+from common.errors import ApiError, model_failed
+from common.jobs import TranscriptionJob, error_event, info_event, segment_event
+from common.models import Capabilities, ModelCard
 from common.transcript import Segment, Word
 from servers.nemo_streaming import LiveStream, step_round
-from specs.family import FamilyAPI, Step, only
+from specs.family import FamilyAPI, Step, batch_or_singly, only
 from specs.serving import configure_logging, serve
 
 logger = logging.getLogger("open_speech.nemo")
 AED_CHUNK_SECONDS = 40.0  # Canary is trained on utterances up to 40 s
 FULL_ATTENTION_CHUNK_SECONDS = 600.0
+STREAMING_FAILED = ApiError(500, "The model failed while streaming.", code="model_error")
 
 
 @dataclass
@@ -117,10 +121,14 @@ def model_card(config: NemoConfig, cfg: DictConfig) -> ModelCard:
         id=config.name or Path(config.model).stem,
         family="nemo",
         aliases=tuple(a for a in config.aliases if a != config.name),
-        languages=languages if kind == "aed" else None,
-        translate=kind == "aed",
-        word_timestamps=kind != "aed",
-        live=is_cache_aware(cfg),
+        capabilities=config.capabilities(
+            Capabilities(
+                languages=languages if kind == "aed" else None,
+                translate=kind == "aed",
+                word_timestamps=kind != "aed",
+                live=is_cache_aware(cfg),
+            )
+        ),
         settings={**asdict(config), "kind": kind, "cache_aware": is_cache_aware(cfg)},
     )
 
@@ -178,7 +186,7 @@ class NemoAPI(FamilyAPI):
 
     # ---- one batch ----------------------------------------------------------------------------
     def transcribe_batch(self, jobs: list[TranscriptionJob]) -> Iterator[Step]:
-        live = [i for i, job in enumerate(jobs) if "live" in job.options]
+        live = [i for i, job in enumerate(jobs) if job.live is not None]
         if live:
             yield from self._live(jobs, live)
         streaming = [i for i, job in enumerate(jobs) if job.stream and self.cache_aware and i not in live]
@@ -191,23 +199,13 @@ class NemoAPI(FamilyAPI):
 
     def _offline(self, jobs: list[TranscriptionJob], indices: list[int]) -> Iterator[tuple[int, list[dict]]]:
         """Decode the jobs at `indices` together; a batch that fails is retried job by job."""
-        if not indices:
-            return
-        try:
-            results = self._decode([jobs[i] for i in indices])
-        except Exception:
-            if len(indices) == 1:
-                logger.exception("transcription failed")
-                yield indices[0], [error_event(500, "The model failed while transcribing this request.", "model_error")]
-                return
-            logger.warning("batch of %d failed; retrying one by one", len(indices), exc_info=True)
-            for i in indices:
-                yield from self._offline(jobs, [i])
-            return
-        for i, segments in zip(indices, results, strict=True):
+        decoded = batch_or_singly(indices, lambda batch: self._decode([jobs[i] for i in batch]), "transcription")
+        for i, segments in decoded:
+            if segments is None:
+                yield i, [error_event(model_failed())]
+                continue
             job = jobs[i]
-            events = [info_event(self._language(job), job.duration), *(segment_event(s) for s in segments)]
-            yield i, events
+            yield i, [info_event(self.spoken_language(job), job.duration), *(segment_event(s) for s in segments)]
 
     def _decode(self, jobs: list[TranscriptionJob]) -> list[list[Segment]]:
         pieces = [
@@ -278,8 +276,8 @@ class NemoAPI(FamilyAPI):
         return hyps
 
     def _prompt(self, job: TranscriptionJob) -> torch.Tensor:
-        source = self._language(job)
-        target = job.options.get("target_language") or ("en" if job.task == "translate" else source)
+        source = self.spoken_language(job)
+        target = job.target_language or ("en" if job.task == "translate" else source)
         slots = self.model.prompt.get_default_dialog_slots()[0]["slots"] | {
             "source_lang": source,
             "target_lang": target,
@@ -287,15 +285,11 @@ class NemoAPI(FamilyAPI):
         }
         return self.model.prompt.encode_dialog(turns=[{"role": "user", "slots": slots}])["context_ids"]
 
-    def _language(self, job: TranscriptionJob) -> str:
-        """The spoken language: as asked, else English (these models do not detect the language)."""
-        return job.language or "en"
-
     # ---- streaming ----------------------------------------------------------------------------
     def _streaming(self, jobs: list[TranscriptionJob], indices: list[int]) -> Iterator[Step]:
         streams = [LiveStream(self.model) for _ in indices]
         for stream, i in zip(streams, indices, strict=True):
-            yield only(len(jobs), i, info_event(self._language(jobs[i]), jobs[i].duration))
+            yield only(len(jobs), i, info_event(self.spoken_language(jobs[i]), jobs[i].duration))
             stream.push(jobs[i].audio, last=True)
         counts = [0] * len(indices)
         while not all(s.done for s in streams):
@@ -307,7 +301,7 @@ class NemoAPI(FamilyAPI):
                 for stream, i in zip(streams, indices, strict=True):
                     if not stream.done:
                         stream.done = True
-                        yield only(len(jobs), i, error_event(500, "The model failed while streaming.", "model_error"))
+                        yield only(len(jobs), i, error_event(STREAMING_FAILED))
                 return
             if not deltas:
                 break
@@ -334,12 +328,12 @@ class NemoAPI(FamilyAPI):
                 del self.live[stream_id]  # abandoned by its session
         streams = []
         for i in indices:
-            live = jobs[i].options["live"]
-            if live["id"] not in self.live:
-                self.live[live["id"]] = LiveStream(self.model)
-            stream = self.live[live["id"]]
+            live = jobs[i].live
+            if live.id not in self.live:
+                self.live[live.id] = LiveStream(self.model)
+            stream = self.live[live.id]
             stream.last_used = now
-            stream.push(jobs[i].audio, last=live["final"])
+            stream.push(jobs[i].audio, last=live.final)
             streams.append(stream)
         try:
             while self._step(streams):
@@ -347,13 +341,13 @@ class NemoAPI(FamilyAPI):
         except Exception:
             logger.exception("live streaming step failed")
             for i in indices:
-                self.live.pop(jobs[i].options["live"]["id"], None)
-                yield only(len(jobs), i, error_event(500, "The model failed while streaming.", "model_error"))
+                self.live.pop(jobs[i].live.id, None)
+                yield only(len(jobs), i, error_event(STREAMING_FAILED))
             return
         for i, stream in zip(indices, streams, strict=True):
-            if jobs[i].options["live"]["final"]:
-                self.live.pop(jobs[i].options["live"]["id"], None)
-            yield only(len(jobs), i, info_event(self._language(jobs[i]), stream.seconds_fed))
+            if jobs[i].live.final:
+                self.live.pop(jobs[i].live.id, None)
+            yield only(len(jobs), i, info_event(self.spoken_language(jobs[i]), stream.seconds_fed))
             if stream.text:
                 segment = Segment(id=0, start=0.0, end=stream.seconds_fed, text=" " + stream.text)
                 yield only(len(jobs), i, segment_event(segment))
@@ -393,8 +387,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     card = model_card(config, read_config(config.model))  # workers load the weights
     api = NemoAPI(config, card)
-    devices: int | str = int(config.devices) if config.devices.isdigit() else config.devices
-    serve(api, config, config.device, devices, config.workers_per_device)
+    serve(api, config, config.device, config.devices, config.workers_per_device)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ import logging
 import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,9 +47,11 @@ from onnx_asr.utils import pad_list
 
 from common.audio import SAMPLE_RATE
 from common.config import ServerConfig, load
-from common.jobs import ModelCard, TranscriptionJob, error_event, info_event, segment_event
+from common.errors import model_failed
+from common.jobs import TranscriptionJob, error_event, info_event, segment_event
+from common.models import Capabilities, ModelCard
 from common.transcript import Segment, Word
-from specs.family import FamilyAPI, Step, packed
+from specs.family import FamilyAPI, Step, batch_or_singly, packed
 from specs.serving import configure_logging, serve
 
 logger = logging.getLogger("open_speech.onnx")
@@ -124,8 +127,8 @@ def model_card(config: OnnxConfig, cls: type) -> ModelCard:
         id=config.name or Path(config.model.rstrip("/")).name,
         family="onnx",
         aliases=tuple(a for a in config.aliases if a != config.name),
-        translate=kind == "aed",  # Canary translates; onnx-asr's Whisper has no translate task
-        word_timestamps=kind == "timestamped",
+        # Canary translates; onnx-asr's Whisper has no translate task.
+        capabilities=config.capabilities(Capabilities(translate=kind == "aed", word_timestamps=kind == "timestamped")),
         settings={**asdict(config), "kind": kind, "onnx_class": cls.__name__},
     )
 
@@ -201,7 +204,7 @@ class OnnxAPI(FamilyAPI):
     # ---- one batch ----------------------------------------------------------------------------
     def transcribe_batch(self, jobs: list[TranscriptionJob]) -> Iterator[Step]:
         size = len(jobs)
-        failure = error_event(500, "The model failed while transcribing this request.", "model_error")
+        failure = error_event(model_failed())
         pieces: list[_Piece] = []
         failed: set[int] = set()
         first: list[tuple[int, dict[str, Any]]] = []
@@ -213,14 +216,14 @@ class OnnxAPI(FamilyAPI):
                 failed.add(index)
                 first.append((index, failure))
                 continue
-            first.append((index, info_event(self._language(job), job.duration)))
+            first.append((index, info_event(self.spoken_language(job), job.duration)))
             pieces.extend(_Piece(index, number, start, end) for number, (start, end) in enumerate(spans))
         yield from packed(size, first)
         counts = [0] * size
         for batch in self._batches(pieces):
             batch = [p for p in batch if p.job not in failed]
             events: list[tuple[int, dict[str, Any]]] = []
-            for piece, result in self._recognize_safely(batch, jobs):
+            for piece, result in batch_or_singly(batch, lambda group: self._recognize(group, jobs), "recognition"):
                 if piece.job in failed:
                     continue
                 if result is None:
@@ -268,25 +271,6 @@ class OnnxAPI(FamilyAPI):
         )
         return list(spans)
 
-    def _recognize_safely(
-        self, pieces: list[_Piece], jobs: list[TranscriptionJob]
-    ) -> Iterator[tuple[_Piece, TimestampedResult | None]]:
-        """Recognize `pieces` together; a batch that fails is retried piece by piece (None: that piece failed)."""
-        if not pieces:
-            return
-        try:
-            results = self._recognize(pieces, jobs)
-        except Exception:
-            if len(pieces) == 1:
-                logger.exception("transcription failed")
-                yield pieces[0], None
-                return
-            logger.warning("batch of %d pieces failed; retrying one by one", len(pieces), exc_info=True)
-            for piece in pieces:
-                yield from self._recognize_safely([piece], jobs)
-            return
-        yield from zip(pieces, results, strict=True)
-
     def _recognize(self, pieces: list[_Piece], jobs: list[TranscriptionJob]) -> list[TimestampedResult]:
         """One onnx-asr batch call per distinct set of decoding options (only Canary and Whisper have any)."""
         groups: dict[tuple[tuple[str, Any], ...], list[int]] = {}
@@ -302,16 +286,12 @@ class OnnxAPI(FamilyAPI):
 
     def _options(self, job: TranscriptionJob) -> dict[str, Any]:
         if self.kind == "aed":
-            source = self._language(job)
-            target = "en" if job.task == "translate" else job.options.get("target_language") or source
+            source = self.spoken_language(job)
+            target = "en" if job.task == "translate" else job.target_language or source
             return {"language": source, "target_language": target}
         if self.kind == "whisper" and job.language:
             return {"language": job.language}
         return {}
-
-    def _language(self, job: TranscriptionJob) -> str:
-        """The spoken language: as asked, else English (onnx-asr does not detect the language)."""
-        return job.language or "en"
 
     def _segment(self, piece: _Piece, result: TimestampedResult, number: int) -> Segment | None:
         """The piece's text as one segment at its place in the request's audio, with its words."""
@@ -364,7 +344,7 @@ def main(argv: list[str] | None = None) -> None:
             "an onnx-asr model name or a local folder"
         )
     api = OnnxAPI(config, model_card(config, model_class(config)))  # workers load the weights
-    serve(api, config, config.device, 1)
+    serve(api, config, config.device, "1")
 
 
 if __name__ == "__main__":

@@ -8,9 +8,9 @@ import functools
 import logging
 import queue
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import litserve as ls
 from litserve.loops.continuous_batching_loop import ContinuousBatchingLoop, Output
@@ -19,13 +19,16 @@ from litserve.utils import LitAPIStatus
 from common import metrics
 from common.audio import AudioLimits
 from common.config import ServerConfig
-from common.errors import queue_timeout
-from common.jobs import ModelCard, TranscriptionJob, error_event
+from common.errors import model_failed, queue_timeout
+from common.jobs import TranscriptionJob, error_event
+from common.models import ModelCard
 from specs.openai_audio import OpenAIAudioSpec
 
 logger = logging.getLogger("open_speech.family")
 
 Step = list[dict[str, Any] | None]
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class FamilyAPI(ls.LitAPI):
@@ -48,6 +51,10 @@ class FamilyAPI(ls.LitAPI):
     def transcribe_batch(self, jobs: list[TranscriptionJob]) -> Iterator[Step]:
         raise NotImplementedError
 
+    def spoken_language(self, job: TranscriptionJob) -> str:
+        """The spoken language: as asked, else English (these families' models do not detect it)."""
+        return job.language or "en"
+
     def predict(self, x: TranscriptionJob | list[TranscriptionJob]) -> Iterator[Any]:
         jobs = x if isinstance(x, list) else [x]
         steps = metrics.observe_batch(self.spec.model.id, jobs, self.transcribe_batch(jobs))
@@ -61,6 +68,25 @@ class FamilyAPI(ls.LitAPI):
 
 def _spec(config: ServerConfig, card: ModelCard) -> OpenAIAudioSpec:
     return OpenAIAudioSpec(card, AudioLimits(config.max_audio_seconds))
+
+
+def batch_or_singly(items: list[T], run: Callable[[list[T]], list[R]], what: str) -> Iterator[tuple[T, R | None]]:
+    """`run(items)` as one batch, each item with its result; a batch that fails is retried item by item,
+    so that one bad item fails alone (its result None, the error logged here)."""
+    if not items:
+        return
+    try:
+        results = run(items)
+    except Exception:
+        if len(items) == 1:
+            logger.exception("%s failed", what)
+            yield items[0], None
+            return
+        logger.warning("batch of %d failed (%s); retrying one by one", len(items), what, exc_info=True)
+        for item in items:
+            yield from batch_or_singly([item], run, what)
+        return
+    yield from zip(items, results, strict=True)
 
 
 def only(size: int, index: int, event: dict[str, Any]) -> Step:
@@ -123,8 +149,7 @@ class ConcurrentFamilyAPI(ls.LitAPI):
         limit = self.request_timeout
         if limit not in (None, -1, False) and time.monotonic() - job.queued_at > limit:
             # LitServe's batching loops refuse a job that waited this long; its continuous loop does not.
-            expired = queue_timeout()
-            self._events.put((uid, error_event(expired.status, expired.message, expired.code)))
+            self._events.put((uid, error_event(queue_timeout())))
             self._events.put((uid, None))
             return
         metrics.observe_start(self.spec.model.id, len(self.running))
@@ -160,8 +185,7 @@ class ConcurrentFamilyAPI(ls.LitAPI):
                 self._events.put((uid, event))
         except Exception:
             logger.exception("transcription failed")
-            failed = error_event(500, "The model failed while transcribing this request.", "model_error")
-            self._events.put((uid, failed))
+            self._events.put((uid, error_event(model_failed())))
         finally:
             metrics.observe_job(self.spec.model.id, job, time.perf_counter() - start)
             self._events.put((uid, None))

@@ -2,7 +2,7 @@
 
 Routes: `POST /v1/audio/transcriptions`, `POST /v1/audio/translations` (multipart, the fields the
 `openai` SDK and LiveKit send), `GET /v1/models`, `GET /v1/models/{id}` and `GET /metrics`. The router's
-Realtime sessions add two kinds of fields of their own to transcriptions (see `_router_fields`).
+Realtime sessions add fields of their own to transcriptions (see `_Form`).
 
 Per request, in the API process: validate the form, decode the upload to 16 kHz PCM
 (`common.audio`), queue a `TranscriptionJob` for the family's LitAPI, then turn the worker's event
@@ -18,26 +18,27 @@ import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from fastapi import File, Form, Request, UploadFile
+from fastapi import File, Form, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from litserve.specs.base import LitSpec
 from litserve.utils import LitAPIStatus, ResponseBufferItem, WorkerSetupStatus
 
 from common import metrics
 from common.audio import AudioError, AudioLimits, decode
-from common.errors import ApiError, queue_timeout
+from common.errors import ApiError, model_failed, queue_timeout
 from common.formats import RESPONSE_FORMATS, logprobs, render, usage
-from common.jobs import ModelCard, TranscriptionJob
+from common.jobs import LiveStep, TranscriptionJob, read_error
 from common.languages import LANGUAGES
+from common.models import ModelCard, model_object
 from common.transcript import Segment, Task, Transcript, join_text
 
 if TYPE_CHECKING:
     from litserve import LitAPI
 
-CREATED = int(time.time())
 GRANULARITIES = frozenset({"word", "segment"})
 
 
@@ -70,7 +71,6 @@ class OpenAIAudioSpec(LitSpec):
     # ---- routes -------------------------------------------------------------------------------
     async def transcriptions(
         self,
-        request: Request,
         file: UploadFile = File(..., description="The audio file: any format ffmpeg reads, or raw pcm16."),
         model: str = Form(..., description="A served model id or alias (see /v1/models)."),
         language: str | None = Form(None, description="ISO-639-1 code of the spoken language; detected if absent."),
@@ -81,25 +81,29 @@ class OpenAIAudioSpec(LitSpec):
         stream: str | None = Form(None),
         include: list[str] | None = Form(None, alias="include[]"),
         target_language: str | None = Form(None, description="Models that translate: the output language."),
+        interim: str | None = Form(None, include_in_schema=False),
+        live_id: str | None = Form(None, include_in_schema=False),
+        live_final: str | None = Form(None, include_in_schema=False),
     ) -> Response:
-        return await self._handle(
-            request,
-            file,
-            model,
-            "transcribe",
-            language,
-            prompt,
-            response_format,
-            temperature,
-            timestamp_granularities,
-            stream,
-            include,
-            target_language,
+        form = _Form.parse(
+            task="transcribe",
+            model=model,
+            language=language,
+            prompt=prompt,
+            response_format=response_format,
+            temperature=temperature,
+            granularities=timestamp_granularities,
+            stream=stream,
+            include=include,
+            target_language=target_language,
+            interim=interim,
+            live_id=live_id,
+            live_final=live_final,
         )
+        return await self._handle(file, form)
 
     async def translations(
         self,
-        request: Request,
         file: UploadFile = File(...),
         model: str = Form(...),
         prompt: str | None = Form(None),
@@ -109,108 +113,68 @@ class OpenAIAudioSpec(LitSpec):
         stream: str | None = Form(None),
         target_language: str | None = Form(None, description="Models that translate: the output language (en)."),
     ) -> Response:
-        return await self._handle(
-            request,
-            file,
-            model,
-            "translate",
-            language,
-            prompt,
-            response_format,
-            temperature,
-            None,
-            stream,
-            None,
-            target_language,
+        form = _Form.parse(
+            task="translate",
+            model=model,
+            language=language,
+            prompt=prompt,
+            response_format=response_format,
+            temperature=temperature,
+            stream=stream,
+            target_language=target_language,
         )
+        return await self._handle(file, form)
 
     async def list_models(self) -> dict[str, Any]:
-        return {"object": "list", "data": [self._model_entry(name) for name in self.model.names]}
+        return {"object": "list", "data": [self._model_object(name) for name in self.model.names]}
 
     async def get_model(self, model_id: str) -> dict[str, Any]:
         if model_id not in self.model.names:
-            raise _unknown_model(model_id)
-        return {**self._model_entry(model_id), "config": self.model.settings}
+            raise unknown_model(model_id)
+        return {**self._model_object(model_id), "config": self.model.settings}
 
     async def prometheus(self) -> Response:
         """Prometheus metrics of this server's processes (see `common.metrics`)."""
         return metrics.response()
 
     # ---- request handling ---------------------------------------------------------------------
-    async def _handle(
-        self,
-        request: Request,
-        file: UploadFile,
-        model: str,
-        task: Task,
-        language: str | None,
-        prompt: str | None,
-        response_format: str,
-        temperature: str | None,
-        granularities: list[str] | None,
-        stream: str | None,
-        include: list[str] | None,
-        target_language: str | None,
-    ) -> Response:
-        form = _Form.parse(response_format, temperature, granularities, stream, include, language)
-        target = _parse_language(target_language, "target_language")
-        if model not in self.model.names:
-            raise _unknown_model(model)
-        self._check_capabilities("translate" if target else task, form)
+    async def _handle(self, file: UploadFile, form: _Form) -> Response:
+        if form.model not in self.model.names:
+            raise unknown_model(form.model)
+        self._check_capabilities(form)
         if not self._ready():
             raise ApiError(
                 503, "The model is still loading; retry shortly.", code="model_not_ready", headers={"Retry-After": "2"}
             )
-        internal = await self._router_fields(request)
-        audio = await asyncio.to_thread(self._decode_upload, file, "live" in internal)
+        audio = await asyncio.to_thread(self._decode_upload, file, form.live is not None)
         job = TranscriptionJob(
             audio=audio,
-            task=task,
+            task=form.task,
             language=form.language,
-            prompt=prompt or None,
+            prompt=form.prompt,
             temperature=form.temperature,
             word_timestamps="word" in form.granularities or form.logprobs,
             stream=form.stream,
-            options=({"target_language": target} if target else {}) | internal,
+            target_language=form.target_language,
+            interim=form.interim,
+            live=form.live,
         )
         events = self._submit(job)
         first = await _next_event(events)  # errors surface here, before any byte is sent
-        metrics.audio_processed(self.model.id, task, job.duration)
+        metrics.audio_processed(self.model.id, form.task, job.duration)
         if form.stream:
             return StreamingResponse(
                 self._sse(first, events, form.logprobs),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        transcript = await _collect(first, events, task)
+        transcript = await _collect(first, events, form.task)
         body = render(
             transcript, form.response_format, granularities=form.granularities, include_logprobs=form.logprobs
         )
         if isinstance(body, dict):
             return JSONResponse(body)
         return PlainTextResponse(body)
-
-    async def _router_fields(self, request: Request) -> dict[str, Any]:
-        """Job options from the fields the router's Realtime sessions add (not part of OpenAI's API):
-
-        - `interim=true`: the decode is only interim text: a family may trade accuracy for speed;
-        - `live_id`, `live_final`: continue (and end) a live stream, on models that keep stream state.
-        """
-        form = await request.form()  # already parsed for the route: cached
-
-        def flag(name: str) -> bool:
-            value = form.get(name)
-            return _parse_bool(value if isinstance(value, str) else None, name)
-
-        options: dict[str, Any] = {"interim": True} if flag("interim") else {}
-        live_id = form.get("live_id")
-        if isinstance(live_id, str):
-            if not self.model.live:
-                raise ApiError(
-                    400, f"Model '{self.model.id}' keeps no live streams.", param="live_id", code="unsupported_value"
-                )
-            options["live"] = {"id": live_id, "final": flag("live_final")}
-        return options
 
     def _decode_upload(self, file: UploadFile, allow_empty: bool = False) -> Any:
         file.file.seek(0, 2)
@@ -221,25 +185,27 @@ class OpenAIAudioSpec(LitSpec):
         file.file.seek(0)
         return decode(file.file, file.content_type, self.limits)
 
-    def _check_capabilities(self, task: Task, form: _Form) -> None:
-        card = self.model
-        if form.language and card.languages is not None and form.language not in card.languages:
+    def _check_capabilities(self, form: _Form) -> None:
+        card, able = self.model, self.model.capabilities
+        if form.language and able.languages is not None and form.language not in able.languages:
             raise ApiError(
                 400,
                 f"Model '{card.id}' does not support language '{form.language}'; "
-                f"it supports: {', '.join(card.languages)}.",
+                f"it supports: {', '.join(able.languages)}.",
                 param="language",
                 code="unsupported_language",
             )
-        if task == "translate" and not card.translate:
+        if (form.task == "translate" or form.target_language) and not able.translate:
             raise ApiError(400, f"Model '{card.id}' cannot translate.", param="model", code="unsupported_task")
-        if "word" in form.granularities and not card.word_timestamps:
+        if "word" in form.granularities and not able.word_timestamps:
             raise ApiError(
                 400,
                 f"Model '{card.id}' has no word timestamps.",
                 param="timestamp_granularities[]",
                 code="unsupported_value",
             )
+        if form.live is not None and not able.live:
+            raise ApiError(400, f"Model '{card.id}' keeps no live streams.", param="live_id", code="unsupported_value")
 
     def _ready(self) -> bool:
         status = self._server.workers_setup_status if self._server else {}
@@ -268,9 +234,7 @@ class OpenAIAudioSpec(LitSpec):
                     continue  # a batch step that had nothing for this request
                 message = json.loads(data)
                 if message["event"] == "error":
-                    if message.get("code") == "queue_timeout":
-                        raise queue_timeout()
-                    raise ApiError(message["status"], message["message"], code=message.get("code"))
+                    raise read_error(message)
                 yield message
         finally:
             depth.dec()
@@ -305,48 +269,46 @@ class OpenAIAudioSpec(LitSpec):
             yield _sse_data(exc.body())
         yield "data: [DONE]\n\n"
 
-    def _model_entry(self, name: str) -> dict[str, Any]:
-        card = self.model
-        return {
-            "id": name,
-            "object": "model",
-            "created": CREATED,
-            "owned_by": "open-speech",
-            "family": card.family,
-            "root": card.id,
-            "languages": list(card.languages) if card.languages is not None else sorted(LANGUAGES),
-            "capabilities": {"translate": card.translate, "stream": True, "word_timestamps": card.word_timestamps},
-        }
+    def _model_object(self, name: str) -> dict[str, Any]:
+        return model_object(name, self.model.family, self.model.capabilities, root=self.model.id)
 
 
+@dataclass(frozen=True)
 class _Form:
-    """The validated optional fields of a transcription or translation request."""
+    """A transcription or translation request's form fields, validated and typed."""
 
-    def __init__(
-        self,
-        response_format: str,
-        temperature: float | None,
-        granularities: frozenset[str],
-        stream: bool,
-        logprobs: bool,
-        language: str | None,
-    ) -> None:
-        self.response_format = response_format
-        self.temperature = temperature
-        self.granularities = granularities
-        self.stream = stream
-        self.logprobs = logprobs
-        self.language = language
+    task: Task
+    model: str
+    response_format: str
+    temperature: float | None
+    granularities: frozenset[str]
+    stream: bool
+    logprobs: bool
+    language: str | None
+    prompt: str | None
+    target_language: str | None
+    # The router's Realtime sessions add these fields (not part of OpenAI's API): `interim=true`, the
+    # decode is only interim text; `live_id` and `live_final` continue (and end) a live stream.
+    interim: bool
+    live: LiveStep | None
 
     @classmethod
     def parse(
         cls,
+        *,
+        task: Task,
+        model: str,
         response_format: str,
-        temperature: str | None,
-        granularities: list[str] | None,
-        stream: str | None,
-        include: list[str] | None,
-        language: str | None,
+        language: str | None = None,
+        prompt: str | None = None,
+        temperature: str | None = None,
+        granularities: list[str] | None = None,
+        stream: str | None = None,
+        include: list[str] | None = None,
+        target_language: str | None = None,
+        interim: str | None = None,
+        live_id: str | None = None,
+        live_final: str | None = None,
     ) -> _Form:
         if response_format == "diarized_json":
             raise ApiError(
@@ -363,12 +325,18 @@ class _Form:
                 code="invalid_value",
             )
         return cls(
+            task=task,
+            model=model,
             response_format=response_format,
             temperature=_parse_temperature(temperature),
             granularities=_parse_granularities(granularities),
             stream=_parse_bool(stream, "stream"),
             logprobs="logprobs" in (include or ()),
             language=_parse_language(language),
+            prompt=prompt or None,
+            target_language=_parse_language(target_language, "target_language"),
+            interim=_parse_bool(interim, "interim"),
+            live=None if live_id is None else LiveStep(live_id, _parse_bool(live_final, "live_final")),
         )
 
 
@@ -423,7 +391,7 @@ def _parse_language(value: str | None, param: str = "language") -> str | None:
     return code
 
 
-def _unknown_model(model: str) -> ApiError:
+def unknown_model(model: str) -> ApiError:
     return ApiError(
         404,
         f"The model '{model}' does not exist or is not served here; see /v1/models.",
@@ -433,12 +401,9 @@ def _unknown_model(model: str) -> ApiError:
 
 
 def _worker_error(data: Any) -> ApiError:
-    status = getattr(data, "status_code", 500)
-    if status == 504:  # LitServe's batching loops refused a job that waited too long
+    if getattr(data, "status_code", 500) == 504:  # LitServe's batching loops refused a job that waited too long
         return queue_timeout()
-    return ApiError(
-        status if status < 500 else 500, "The model failed while transcribing this request.", code="model_error"
-    )
+    return model_failed()
 
 
 def _segment_fields(message: dict[str, Any]) -> dict[str, Any]:

@@ -48,15 +48,16 @@ def _stop_on_sigterm() -> None:
 
 
 def serve(
-    api: ls.LitAPI, config: ServerConfig, accelerator: str, devices: int | str = "auto", workers_per_device: int = 1
+    api: ls.LitAPI, config: ServerConfig, accelerator: str, devices: str = "auto", workers_per_device: int = 1
 ) -> None:
-    """Start LitServe with `api` and block until SIGINT or SIGTERM."""
+    """Start LitServe with `api` on `devices` ("auto": every one of the accelerator's, or a count) and block
+    until SIGINT or SIGTERM."""
     card = api.spec.model  # the OpenAIAudioSpec's model card
     metrics.setup(card.family)  # before LitServe starts the processes that record metrics
     server = ls.LitServer(
         api,
         accelerator=accelerator,
-        devices=devices,
+        devices=int(devices) if devices.isdigit() else devices,
         workers_per_device=workers_per_device,
         timeout=config.queue_timeout,
         callbacks=[_WorkerLogging(config.log_level)],
