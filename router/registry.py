@@ -58,6 +58,11 @@ class ModelEntry:
         return REPO / FAMILY_SCRIPTS[self.family]
 
     @property
+    def module(self) -> str:
+        """The family server's module, run as `python -m` (what `python servers/<family>.py` runs)."""
+        return f"servers.{self.script.stem}"
+
+    @property
     def installed(self) -> bool:
         """Whether this installation has the family's script and package."""
         return self.script.exists() and importlib.util.find_spec(FAMILY_PACKAGES[self.family]) is not None

@@ -1,6 +1,6 @@
 """Family server processes, one per loaded model: start, health, idle expiry, crash detection, stop.
 
-Each loaded model runs as `python servers/<family>.py --port P --model SOURCE ...` on 127.0.0.1,
+Each loaded model runs as `python -P -m servers.<family> --port P --model SOURCE ...` on 127.0.0.1,
 in its own session (so its LitServe workers can be stopped as a group), and with the kernel told to
 send it SIGTERM should the router die, so no orphan keeps a port or GPU memory.
 """
@@ -233,7 +233,7 @@ class Supervisor:
                 code="family_unavailable",
             )
         port = free_port()
-        command = [sys.executable, str(entry.script), "--host", "127.0.0.1", "--port", str(port)]
+        command = [sys.executable, "-P", "-m", entry.module, "--host", "127.0.0.1", "--port", str(port)]
         command += entry.server_args()
         logger.info("loading %s: %s", entry.id, " ".join(command))
         # The router's own config file is not the family server's; OPEN_SPEECH_* options pass through.

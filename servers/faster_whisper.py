@@ -19,13 +19,10 @@ final transcripts and file requests leave idle, instead of slowing them down by 
 priority, 0.73 s at low priority, 0.81 s with no interim decodes at all: within the noise of none).
 """
 
-import sys
-from pathlib import Path
+if __name__ == "__main__" and __spec__ is None:  # `python servers/faster_whisper.py`: run as servers.faster_whisper
+    from servers import run_as_module
 
-if __name__ == "__main__":
-    # Run as a script, servers/ comes first on sys.path, where this file would shadow the
-    # faster_whisper package: serve from the repository root instead.
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+    run_as_module(__file__)
 
 import json
 import logging

@@ -19,13 +19,10 @@ Serves one NeMo ASR model, from the Hugging Face cache (`from_pretrained`) or a 
   live in one worker process: serve such a model with one worker (`workers_per_device: 1`).
 """
 
-import sys
-from pathlib import Path
+if __name__ == "__main__" and __spec__ is None:  # `python servers/nemo.py`: run as servers.nemo
+    from servers import run_as_module
 
-if __name__ == "__main__":
-    # Run as a script, servers/ comes first on sys.path, where this file would shadow the nemo
-    # package: serve from the repository root instead.
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+    run_as_module(__file__)
 
 import copy
 import logging

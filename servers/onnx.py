@@ -18,13 +18,10 @@ timestamps, and Silero VAD segmentation. This server adds what a server needs on
 - A batch that fails is retried piece by piece, so one bad request fails alone.
 """
 
-import sys
-from pathlib import Path
+if __name__ == "__main__" and __spec__ is None:  # `python servers/onnx.py`: run as servers.onnx
+    from servers import run_as_module
 
-if __name__ == "__main__":
-    # Run as a script, servers/ comes first on sys.path, where this file would shadow the onnx
-    # package: serve from the repository root instead.
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+    run_as_module(__file__)
 
 import logging
 import os

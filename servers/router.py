@@ -9,17 +9,17 @@ configs/router.yaml, OPEN_SPEECH_* variables and the command line (see `common.c
 
 from __future__ import annotations
 
+if __name__ == "__main__" and __spec__ is None:  # `python servers/router.py`: run as servers.router
+    from servers import run_as_module
+
+    run_as_module(__file__)
+
 import asyncio
 import logging
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-
-if __name__ == "__main__":
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 import httpx
 import uvicorn
