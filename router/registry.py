@@ -40,14 +40,21 @@ class ModelEntry:
     source: str
     aliases: tuple[str, ...] = ()
     options: dict[str, Any] = field(default_factory=dict)
-    # Declared here, passed to the family server, which serves by it: one source for router and family.
-    capabilities: Capabilities = field(default_factory=Capabilities)
+    languages: tuple[str, ...] | None = None  # None: every language the family knows
+    translate: bool = False
+    stream: bool = True
+    word_timestamps: bool = True
     description: str = ""
     url: str = ""  # served by an external family server at this base URL (never started by the router)
 
     @property
     def external(self) -> bool:
         return bool(self.url)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """As declared here; passed to the family server, which serves by it: one source for both."""
+        return Capabilities(self.languages, self.translate, self.word_timestamps, self.stream)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -73,10 +80,13 @@ class ModelEntry:
 
     def server_args(self) -> list[str]:
         """The family server's command-line options that make it serve this entry."""
-        able = self.capabilities
         args = ["--model", self.source, "--name", self.id, "--aliases", ",".join(self.aliases)]
-        declared = {"languages": list(able.languages or []), "translate": able.translate}
-        for key, value in ({**declared, "word_timestamps": able.word_timestamps} | self.options).items():
+        declared = {
+            "languages": list(self.languages or []),
+            "translate": self.translate,
+            "word_timestamps": self.word_timestamps,
+        }
+        for key, value in (declared | self.options).items():
             text = (
                 ",".join(map(str, value))
                 if isinstance(value, list)
@@ -128,8 +138,7 @@ class Registry:
 
 
 def _entry(raw: dict[str, Any], path: Path) -> ModelEntry:
-    capability_keys = {"languages", "translate", "stream", "word_timestamps"}
-    unknown = set(raw) - set(ModelEntry.__dataclass_fields__) - capability_keys
+    unknown = set(raw) - set(ModelEntry.__dataclass_fields__)
     if unknown:
         raise ValueError(f"{path}: model {raw.get('id')!r} has unknown keys {sorted(unknown)}")
     if raw.get("family") not in FAMILY_SCRIPTS:
@@ -141,17 +150,11 @@ def _entry(raw: dict[str, Any], path: Path) -> ModelEntry:
     if url and urlsplit(url).scheme not in ("http", "https"):
         raise ValueError(f"{path}: model {raw.get('id')!r} has url {url!r}, expected http://host:port")
     languages = raw.get("languages")
-    capabilities = Capabilities(
-        languages=None if languages in (None, "all") else tuple(languages),
-        translate=raw.get("translate", False),
-        stream=raw.get("stream", True),
-        word_timestamps=raw.get("word_timestamps", True),
-    )
     return ModelEntry(
         **{
-            **{key: value for key, value in raw.items() if key not in capability_keys},
+            **raw,
             "aliases": tuple(raw.get("aliases", ())),
-            "capabilities": capabilities,
+            "languages": None if languages in (None, "all") else tuple(languages),
             "options": dict(raw.get("options") or {}),
             "url": url.rstrip("/"),
         }
