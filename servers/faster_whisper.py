@@ -8,18 +8,14 @@ Batching: each request runs faster-whisper's own `transcribe()` on a thread of i
 on one `WhisperModel` with `parallel` CTranslate2 workers, so results are exactly those of in-process
 faster-whisper with the same settings. Requests start as they arrive, up to `max_batch_size` at a
 time (LitServe's continuous batching, `specs.family.ConcurrentFamilyAPI`). On CPU this beats
-stacking the 30 s windows of several requests into one CTranslate2 batch (measured on 2 cores: two
-workers ~2.0x sequential, one batch of 4 windows ~1.6x). On a GPU the stacked batch is likely the
-better design; it has not been measured here (no GPU).
+stacking the 30 s windows of several requests into one CTranslate2 batch (docs/benchmarks.md).
 
 Interim text (Realtime turns still being spoken, `interim=true`) on CPU is decoded by a second copy of
 the model (one CTranslate2 worker) whose threads run at the lowest CPU priority: it takes the cores that
-final transcripts and file requests leave idle, instead of slowing them down by sharing the cores evenly
-(measured, 2 cores, two beam-5 finals beside a stream of interim decodes: 1.10 s each at equal
-priority, 0.73 s at low priority, 0.81 s with no interim decodes at all: within the noise of none).
+final transcripts and file requests leave idle, instead of slowing them down by sharing the cores evenly.
 """
 
-if __name__ == "__main__" and __spec__ is None:  # `python servers/faster_whisper.py`: run as servers.faster_whisper
+if __name__ == "__main__" and __spec__ is None:  # run as a script: run as the module instead
     from servers import run_as_module
 
     run_as_module(__file__)

@@ -19,7 +19,7 @@ Serves one NeMo ASR model, from the Hugging Face cache (`from_pretrained`) or a 
   live in one worker process: serve such a model with one worker (`workers_per_device: 1`).
 """
 
-if __name__ == "__main__" and __spec__ is None:  # `python servers/nemo.py`: run as servers.nemo
+if __name__ == "__main__" and __spec__ is None:  # run as a script: run as the module instead
     from servers import run_as_module
 
     run_as_module(__file__)

@@ -18,7 +18,7 @@ timestamps, and Silero VAD segmentation. This server adds what a server needs on
 - A batch that fails is retried piece by piece, so one bad request fails alone.
 """
 
-if __name__ == "__main__" and __spec__ is None:  # `python servers/onnx.py`: run as servers.onnx
+if __name__ == "__main__" and __spec__ is None:  # run as a script: run as the module instead
     from servers import run_as_module
 
     run_as_module(__file__)
@@ -88,7 +88,7 @@ def _cores() -> int:
 def session_options(config: OnnxConfig) -> rt.SessionOptions:
     """`threads` intra-op threads that sleep when idle. onnxruntime's threads spin by default after each
     run, waiting for the next; here that burns the cores the API process needs to receive and decode the
-    next uploads (on 2 cores the server ran 20-40 % slower with spinning on)."""
+    next uploads (measured in docs/benchmarks.md)."""
     options = rt.SessionOptions()
     options.intra_op_num_threads = config.threads
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")

@@ -9,7 +9,7 @@ configs/router.yaml, OPEN_SPEECH_* variables and the command line (see `common.c
 
 from __future__ import annotations
 
-if __name__ == "__main__" and __spec__ is None:  # `python servers/router.py`: run as servers.router
+if __name__ == "__main__" and __spec__ is None:  # run as a script: run as the module instead
     from servers import run_as_module
 
     run_as_module(__file__)
