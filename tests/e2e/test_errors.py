@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import MAX_AUDIO_SECONDS, MAX_UPLOAD_MB
+from tests.e2e.conftest import MAX_AUDIO_SECONDS, MAX_UPLOAD_MB
 from tests.helpers import ServerProcess, beside_a_stream, convert, corpus
 
 CLIP = corpus("dev")[0]
