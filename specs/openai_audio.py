@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from fastapi import File, Form, UploadFile
+from fastapi import Depends, File, Form, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from litserve.specs.base import LitSpec
 from litserve.utils import LitAPIStatus, ResponseBufferItem, WorkerSetupStatus
@@ -40,6 +40,19 @@ if TYPE_CHECKING:
     from litserve import LitAPI
 
 GRANULARITIES = frozenset({"word", "segment"})
+
+
+async def _shared_fields(
+    model: str = Form(..., description="A served model id or alias (see /v1/models)."),
+    language: str | None = Form(None, description="ISO-639-1 code of the spoken language; detected if absent."),
+    prompt: str | None = Form(None),
+    response_format: str = Form("json", description="json, text, srt, vtt or verbose_json."),
+    temperature: str | None = Form(None),
+    stream: str | None = Form(None),
+    target_language: str | None = Form(None, description="Models that translate: the output language."),
+) -> dict[str, Any]:
+    """The form fields both audio routes take, as sent, by name (a FastAPI dependency of both)."""
+    return locals()
 
 
 class OpenAIAudioSpec(LitSpec):
@@ -72,30 +85,18 @@ class OpenAIAudioSpec(LitSpec):
     async def transcriptions(
         self,
         file: UploadFile = File(..., description="The audio file: any format ffmpeg reads, or raw pcm16."),
-        model: str = Form(..., description="A served model id or alias (see /v1/models)."),
-        language: str | None = Form(None, description="ISO-639-1 code of the spoken language; detected if absent."),
-        prompt: str | None = Form(None),
-        response_format: str = Form("json", description="json, text, srt, vtt or verbose_json."),
-        temperature: str | None = Form(None),
+        shared: dict[str, Any] = Depends(_shared_fields),
         timestamp_granularities: list[str] | None = Form(None, alias="timestamp_granularities[]"),
-        stream: str | None = Form(None),
         include: list[str] | None = Form(None, alias="include[]"),
-        target_language: str | None = Form(None, description="Models that translate: the output language."),
         interim: str | None = Form(None, include_in_schema=False),
         live_id: str | None = Form(None, include_in_schema=False),
         live_final: str | None = Form(None, include_in_schema=False),
     ) -> Response:
         form = _Form.parse(
             task="transcribe",
-            model=model,
-            language=language,
-            prompt=prompt,
-            response_format=response_format,
-            temperature=temperature,
+            **shared,
             granularities=timestamp_granularities,
-            stream=stream,
             include=include,
-            target_language=target_language,
             interim=interim,
             live_id=live_id,
             live_final=live_final,
@@ -104,26 +105,10 @@ class OpenAIAudioSpec(LitSpec):
 
     async def translations(
         self,
-        file: UploadFile = File(...),
-        model: str = Form(...),
-        prompt: str | None = Form(None),
-        response_format: str = Form("json"),
-        temperature: str | None = Form(None),
-        language: str | None = Form(None, description="Optional hint: the spoken language (output is English)."),
-        stream: str | None = Form(None),
-        target_language: str | None = Form(None, description="Models that translate: the output language (en)."),
+        file: UploadFile = File(..., description="The audio file: any format ffmpeg reads, or raw pcm16."),
+        shared: dict[str, Any] = Depends(_shared_fields),
     ) -> Response:
-        form = _Form.parse(
-            task="translate",
-            model=model,
-            language=language,
-            prompt=prompt,
-            response_format=response_format,
-            temperature=temperature,
-            stream=stream,
-            target_language=target_language,
-        )
-        return await self._handle(file, form)
+        return await self._handle(file, _Form.parse(task="translate", **shared))
 
     async def list_models(self) -> dict[str, Any]:
         return {"object": "list", "data": [self._model_object(name) for name in self.model.names]}
