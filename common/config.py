@@ -27,16 +27,27 @@ T = TypeVar("T")
 
 
 @dataclasses.dataclass
-class ServerConfig:
-    """Options every family server shares."""
+class ListenConfig:
+    """Options every server shares: the router and the family servers."""
 
     host: str = "127.0.0.1"
     port: int = 8000
-    api_servers: int = 1
     max_upload_mb: float = 100.0
+    log_level: str = "info"
+
+
+@dataclasses.dataclass
+class ServerConfig(ListenConfig):
+    """Options every family server shares."""
+
+    model: str = ""
+    name: str = ""  # the id clients send; empty: derived from `model`
+    aliases: list[str] = dataclasses.field(default_factory=list)
+    device: str = "auto"
+    max_batch_size: int = 8
+    api_servers: int = 1
     max_audio_seconds: float = 7200.0
     queue_timeout: float = 600.0
-    log_level: str = "info"
     # What the model can do, as the router's registry declares it; unset: detected from the model.
     languages: list[str] | None = None
     translate: bool | None = None

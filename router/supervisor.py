@@ -135,6 +135,11 @@ class ExternalServer(Served):
     def __post_init__(self) -> None:
         self.idle.set()
 
+    def found(self, status: str, detail: str = "") -> str:
+        """Keep what a probe found; its status."""
+        self.status, self.detail = status, detail
+        return status
+
     @property
     def url(self) -> str:
         return self.entry.url
@@ -348,33 +353,23 @@ class Supervisor:
 
     async def probe(self, server: ExternalServer) -> str:
         """Ask an external server whether it is ready and serves its model; its status, also kept on it."""
+        model, url = server.entry.id, server.url
         try:
-            health = await self.http.get(server.url + "/health", timeout=PROBE_TIMEOUT)
+            health = await self.http.get(url + "/health", timeout=PROBE_TIMEOUT)
             if health.status_code != 200:
-                server.status = "loading"
-                server.detail = (
-                    f"Model '{server.entry.id}' is served by {server.url}, which is not ready yet "
-                    f"(its /health answered {health.status_code}); retry shortly."
+                why = f"its /health answered {health.status_code}"
+                return server.found(
+                    "loading", f"Model '{model}' is served by {url}, not ready yet ({why}); retry shortly."
                 )
-                return server.status
-            model = await self.http.get(f"{server.url}/v1/models/{server.entry.id}", timeout=PROBE_TIMEOUT)
-            if model.status_code != 200:
-                server.status = "misconfigured"
-                server.detail = (
-                    f"The server at {server.url} does not serve model '{server.entry.id}' "
-                    f"(start it with --name {server.entry.id})."
-                )
-                return server.status
-            server.config = model.json().get("config", {})
+            answer = await self.http.get(f"{url}/v1/models/{model}", timeout=PROBE_TIMEOUT)
+            if answer.status_code != 200:
+                why = f"start it with --name {model}"
+                return server.found("misconfigured", f"The server at {url} does not serve model '{model}' ({why}).")
+            server.config = answer.json().get("config", {})
         except (httpx.HTTPError, ValueError) as exc:
-            server.status = "unreachable"
-            server.detail = (
-                f"Model '{server.entry.id}' is served by {server.url}, which cannot be reached "
-                f"({type(exc).__name__}); it is managed outside this router."
-            )
-            return server.status
-        server.status, server.detail = "ready", ""
-        return server.status
+            why = f"{type(exc).__name__}); it is managed outside this router."
+            return server.found("unreachable", f"Model '{model}' is served by {url}, which cannot be reached ({why}")
+        return server.found("ready")
 
     async def states(self) -> dict[str, str]:
         """Each loaded or loading model's state; external ones probed now, at once."""

@@ -51,15 +51,12 @@ FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 @dataclass
 class FasterWhisperConfig(ServerConfig):
     model: str = BUNDLED
-    name: str = ""
     aliases: list[str] = field(default_factory=lambda: ["whisper-1"])
-    device: str = "auto"
     devices: str = "auto"
     compute_type: str = "auto"
     workers_per_device: int = 1
     parallel: int = 0
     cpu_threads: int = 0
-    max_batch_size: int = 8
     beam_size: int = 5
     vad_filter: bool = False
     condition_on_previous_text: bool = True

@@ -28,7 +28,7 @@ import copy
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -57,10 +57,6 @@ STREAMING_FAILED = ApiError(500, "The model failed while streaming.", code="mode
 
 @dataclass
 class NemoConfig(ServerConfig):
-    model: str = ""
-    name: str = ""
-    aliases: list[str] = field(default_factory=list)
-    device: str = "auto"
     devices: str = "auto"
     workers_per_device: int = 1
     dtype: str = "auto"

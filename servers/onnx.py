@@ -26,7 +26,7 @@ if __name__ == "__main__" and __spec__ is None:  # run as a script: run as the m
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,14 +59,9 @@ MAX_PADDING = 0.25
 
 @dataclass
 class OnnxConfig(ServerConfig):
-    model: str = ""
-    name: str = ""
-    aliases: list[str] = field(default_factory=list)
     model_type: str = ""
     quantization: str = ""
-    device: str = "auto"
     threads: int = 0
-    max_batch_size: int = 8
     batch_timeout: float = 0.02
     vad: bool = True
     max_segment_seconds: float = 20.0

@@ -29,7 +29,7 @@ from fastapi.responses import FileResponse, Response
 from starlette.staticfiles import StaticFiles
 
 from common import metrics
-from common.config import load
+from common.config import ListenConfig, load
 from common.errors import install_error_handlers
 from common.middleware import BearerAuth, RequestId, RequestIdFilter, RequestMetrics, UploadLimit
 from router.models import ModelRoutes
@@ -42,9 +42,7 @@ from router.supervisor import Supervisor
 
 
 @dataclass
-class RouterConfig:
-    host: str = "127.0.0.1"
-    port: int = 8000
+class RouterConfig(ListenConfig):
     registry: str = "configs/models.yaml"
     preload_default: bool = True
     keep_alive: float = 300.0
@@ -52,13 +50,11 @@ class RouterConfig:
     load_timeout: float = 600.0
     api_key: str = ""
     cors_origins: list[str] = field(default_factory=list)
-    max_upload_mb: float = 100.0
     realtime_sessions_per_key: int = 32
     realtime_max_session_seconds: float = 3600.0
     realtime_max_item_seconds: float = 60.0
     realtime_interim_seconds: float = 0.5
     realtime_interim_concurrency: int = 1
-    log_level: str = "info"
 
 
 class Router:

@@ -43,7 +43,7 @@ class FamilyAPI(ls.LitAPI):
         """`config` is the family's own config; it has max_batch_size and batch_timeout for LitServe."""
         super().__init__(
             spec=_spec(config, card),
-            max_batch_size=config.max_batch_size,  # type: ignore[attr-defined]
+            max_batch_size=config.max_batch_size,
             batch_timeout=config.batch_timeout,  # type: ignore[attr-defined]
         )
         self.config = config
@@ -125,7 +125,7 @@ class ConcurrentFamilyAPI(ls.LitAPI):
         """`config` is the family's own config; its max_batch_size is the most jobs running at once."""
         super().__init__(
             spec=_spec(config, card),
-            max_batch_size=config.max_batch_size,  # type: ignore[attr-defined]
+            max_batch_size=config.max_batch_size,
             loop=_JobsLoop(),
         )
         self.config = config
