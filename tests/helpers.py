@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +19,8 @@ import httpx
 import jiwer
 import yaml
 from whisper_normalizer.english import EnglishTextNormalizer
+
+from router.supervisor import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = Path(os.environ.get("OPEN_SPEECH_CORPUS", REPO.parent / "shared" / "corpus"))
@@ -121,12 +122,6 @@ def served_beside_whisper(folder: Path, entry: dict) -> dict:
         loaded = {m["id"]: m for m in httpx.get(router.url + "/api/ps").json()["models"]}
         assert loaded[entry["id"]]["family"] == entry["family"] and set(loaded) == {"tiny.en", entry["id"]}
         return httpx.get(f"{router.url}/v1/models/{entry['id']}").json()["config"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ServerProcess:
