@@ -211,7 +211,7 @@ def test_canary_prompts_carry_the_source_and_target_languages(models: dict[str, 
 
     assert languages(language="de") == ["<|de|>", "<|de|>"]
     assert languages(task="translate", language="es") == ["<|es|>", "<|en|>"]
-    assert languages(language="en", options={"target_language": "fr"}) == ["<|en|>", "<|fr|>"]
+    assert languages(language="en", target_language="fr") == ["<|en|>", "<|fr|>"]
     assert languages() == ["<|en|>", "<|en|>"]  # no language given: English
 
 
