@@ -1,8 +1,8 @@
 """An ONNX model through the server, beside the faster-whisper family and onnx-asr in-process, in one run.
 
-    .venv/bin/python bench/onnx_family.py --model istupakov/parakeet-tdt-0.6b-v2-onnx --quantization int8
-    .venv/bin/python bench/onnx_family.py               # no --model: a random Parakeet-110m-sized TDT export
-    .venv/bin/python bench/onnx_family.py --size tiny   # the tests' tiny exported TDT model
+    .venv/bin/python -m bench.onnx_family --model istupakov/parakeet-tdt-0.6b-v2-onnx --quantization int8
+    .venv/bin/python -m bench.onnx_family               # no --model: a random Parakeet-110m-sized TDT export
+    .venv/bin/python -m bench.onnx_family --size tiny   # the tests' tiny exported TDT model
 
 Starts `servers/onnx.py` on the model with `--max-batch-size B` and sends the corpus from N closed-loop
 clients; then does the same with `servers/faster_whisper.py` on its defaults (bundled tiny.en, CPU int8);
@@ -21,11 +21,7 @@ only what the serving machinery sustains.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.families import decode_audio, server_rtfx
 from tests.helpers import CACHE, Clip, corpus

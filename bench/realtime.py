@@ -1,6 +1,6 @@
 """Realtime transcription latency and interim cadence, beside plain file requests to the same router.
 
-    .venv/bin/python bench/realtime.py [--sessions 1 4 8] [--clips 3] [--rounds 3] [--silence-ms 500]
+    .venv/bin/python -m bench.realtime [--sessions 1 4 8] [--clips 3] [--rounds 3] [--silence-ms 500]
 
 Starts `servers/router.py` (bundled tiny.en, CPU). For each session count N, N Realtime sessions each
 stream clips of the dev corpus in real time (24 kHz pcm16, 50 ms appends), each clip followed by
@@ -24,14 +24,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import sys
 import time
 from itertools import pairwise
-from pathlib import Path
 
 import httpx
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.helpers import Clip, ServerProcess, corpus
 from tests.realtime import TRANSCRIPTION, Recording, encode, silence, stream

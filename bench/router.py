@@ -1,6 +1,6 @@
 """Router overhead: the same requests through the router and straight to the family server behind it.
 
-    .venv/bin/python bench/router.py [--requests 60] [--concurrency 16]
+    .venv/bin/python -m bench.router [--requests 60] [--concurrency 16]
 
 Starts `servers/router.py` on the default registry (bundled tiny.en loaded at start) and finds the
 family server's port in /api/ps, so both paths reach the very same model process.
@@ -15,13 +15,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import httpx
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.transcription import closed_loop, server_request
 from tests.helpers import ServerProcess, corpus

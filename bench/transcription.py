@@ -1,6 +1,6 @@
 """Transcription throughput and latency: the server beside in-process faster-whisper, in one run.
 
-    .venv/bin/python bench/transcription.py [--corpus dev untranscribed] [--concurrency 1 4 8 16]
+    .venv/bin/python -m bench.transcription [--corpus dev untranscribed] [--concurrency 1 4 8 16]
 
 Starts `servers/faster_whisper.py` on its defaults (bundled tiny.en, beam 5), sends every clip of the
 corpus with `stream=true` from N closed-loop clients, and records per request the time to the first
@@ -21,16 +21,12 @@ import io
 import json
 import os
 import statistics
-import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from servers.faster_whisper import FALLBACK_TEMPERATURES, model_path
 from tests.helpers import Clip, ServerProcess, corpus, wer
