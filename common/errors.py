@@ -7,8 +7,9 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +92,12 @@ def _api_error(_: Request, exc: ApiError) -> JSONResponse:
     return exc.response()
 
 
+def _client_gone(_: Request, exc: ClientDisconnect) -> Response:
+    """The client left while its request was being read: nobody to answer (499, as nginx logs it)."""
+    logger.info("client left while sending its request")
+    return Response(status_code=499)
+
+
 def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
     logger.exception("unhandled error", exc_info=exc)
     return ApiError(500, "The server had an error while processing your request.").response()
@@ -101,4 +108,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected_error)

@@ -3,6 +3,7 @@ family servers: request ids, bearer-key auth, upload size limits and request met
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 import secrets
@@ -16,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from common import metrics
 from common.errors import ApiError
 
+logger = logging.getLogger("open_speech.http")
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 
@@ -118,6 +120,61 @@ class UploadLimit:
             param="file",
             code="file_too_large",
         )
+
+
+class CancelOnDisconnect:
+    """Stop serving a request once its client has gone: its handler is cancelled, and with it whatever
+    the handler waits on (the router's upstream request, a family server's queued or running job),
+    instead of running to the end for nobody.
+
+    Once the request body has been read, this middleware alone listens for the disconnect; the app's
+    own later `receive()` calls (Starlette's streaming responses listen too) get it from here.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        body_read, gone = asyncio.Event(), asyncio.Event()
+        answered = False  # the response has been sent whole: a disconnect now is the normal end
+
+        async def app_receive() -> Message:
+            if body_read.is_set():
+                await gone.wait()
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                body_read.set()
+            return message
+
+        async def app_send(message: Message) -> None:
+            nonlocal answered
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                answered = True
+            await send(message)
+
+        handler = asyncio.ensure_future(self.app(scope, app_receive, app_send))
+
+        async def watch() -> None:
+            await body_read.wait()
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+            if not answered:
+                handler.cancel()
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await handler
+        except asyncio.CancelledError:
+            if not gone.is_set():
+                raise  # this request's own task was cancelled (the server is stopping)
+            logger.info("client left before its answer; stopped serving it")
+        finally:
+            watcher.cancel()
 
 
 class RequestMetrics:

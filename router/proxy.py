@@ -90,10 +90,12 @@ class Proxy:
         )
         try:
             response = await self.http.send(upstream, stream=True)
-        except httpx.TransportError as exc:
+        except BaseException as exc:  # failed, or cancelled as the client left (CancelOnDisconnect)
             server.release()
             upload.close()
-            raise server.unavailable(exc) from None
+            if isinstance(exc, httpx.TransportError):
+                raise server.unavailable(exc) from None
+            raise
         headers = {k: v for k, v in response.headers.items() if k.lower() not in HOP_BY_HOP}
         return StreamingResponse(
             self._relay(response, server, upload), status_code=response.status_code, headers=headers

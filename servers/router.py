@@ -31,7 +31,7 @@ from starlette.staticfiles import StaticFiles
 from common import metrics
 from common.config import ListenConfig, load
 from common.errors import install_error_handlers
-from common.middleware import BearerAuth, RequestId, RequestIdFilter, RequestMetrics, UploadLimit
+from common.middleware import BearerAuth, CancelOnDisconnect, RequestId, RequestIdFilter, RequestMetrics, UploadLimit
 from router.models import ModelRoutes
 from router.proxy import Proxy
 from router.realtime.endpoint import RealtimeEndpoint
@@ -93,6 +93,7 @@ class Router:
                 allow_headers=["*"],
                 expose_headers=["x-request-id"],
             )
+        app.add_middleware(CancelOnDisconnect)
         app.add_middleware(RequestId)
         app.add_middleware(RequestMetrics, layer="router")
         return app

@@ -203,6 +203,29 @@ def test_stream_through_the_router_arrives_before_the_end(router: ServerProcess)
     assert deltas[0][0] < done_at / 2
 
 
+def test_a_client_that_leaves_stops_its_job_at_the_family_server(router: ServerProcess) -> None:
+    """The router's handler is cancelled when its client goes; it drops its request upstream, and the
+    family server stops the job (its log, which the router's carries, says so)."""
+    stopped = "job stopped: its client left"
+    before = router.log_path.read_text(errors="replace").count(stopped)
+    with (
+        LONG.path.open("rb") as f,
+        httpx.stream(
+            "POST",
+            router.url + "/v1/audio/transcriptions",
+            files={"file": f},
+            data={"model": "whisper-1", "stream": "true"},
+            timeout=300,
+        ) as response,
+    ):
+        next(line for line in response.iter_lines() if line.startswith("data: {"))
+    deadline = time.monotonic() + 60
+    while router.log_path.read_text(errors="replace").count(stopped) == before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert router.log_path.read_text(errors="replace").count(stopped) == before + 1
+    assert ps(router)["tiny.en"]["in_flight"] == 0
+
+
 def test_crash_mid_request_gets_503_and_the_next_request_restarts_the_model(
     router: ServerProcess, sdk: openai.OpenAI
 ) -> None:
