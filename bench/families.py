@@ -9,15 +9,24 @@ import httpx
 import numpy as np
 
 from bench.transcription import Result, closed_loop
-from common.audio import AudioLimits, decode
+from common.audio import Audio, AudioLimits, decode
 from tests.helpers import Clip, ServerProcess
 
 
-def decode_audio(path: Path) -> np.ndarray:
-    """PyAV decoding as the servers do it (faster_whisper.decode_audio runs gc.collect() on every call,
-    which costs ~0.4 s in a process that has imported NeMo)."""
+def spooled(path: Path) -> Audio:
+    """The file decoded as the servers do it, into a spool file as a job's audio (faster_whisper.decode_audio
+    runs gc.collect() on every call, which costs ~0.4 s in a process that has imported NeMo)."""
     with path.open("rb") as f:
         return decode(f, None, AudioLimits(max_seconds=24 * 3600))
+
+
+def decode_audio(path: Path) -> np.ndarray:
+    """The file as 16 kHz float32 samples, decoded as the servers do it."""
+    audio = spooled(path)
+    try:
+        return audio.read()
+    finally:
+        audio.delete()
 
 
 def server_rtfx(script: str, args: list[str], clips: list[Clip], concurrency: int, rounds: int) -> float:

@@ -1,7 +1,7 @@
 """A NeMo model through the server beside NeMo's own in-process batched inference, in one run.
 
-    .venv/bin/python bench/nemo_family.py --model nvidia/parakeet-tdt-0.6b-v2 --batch-size 128 --concurrency 64
-    .venv/bin/python bench/nemo_family.py            # no --model: a tiny random TDT model built on the spot
+    .venv/bin/python -m bench.nemo_family --model nvidia/parakeet-tdt-0.6b-v2 --batch-size 128 --concurrency 64
+    .venv/bin/python -m bench.nemo_family            # no --model: a tiny random TDT model built on the spot
 
 Starts `servers/nemo.py` on the model with `--max-batch-size B`, sends the corpus from N closed-loop
 clients, then stops it and runs `model.transcribe(audio, batch_size=B)` in this process on the same
@@ -13,13 +13,9 @@ model measures only what the serving machinery (HTTP, decoding uploads, queues, 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.families import decode_audio, server_rtfx
+from bench.families import decode_audio, server_rtfx, spooled
 from tests.helpers import CACHE, Clip, corpus
 
 
@@ -51,10 +47,12 @@ def direct_rtfx(model_source: str, clips: list[Clip], batch: int, rounds: int) -
     audio_seconds = sum(c.duration for c in clips) * rounds
     start = time.perf_counter()
     for _ in range(rounds):
-        jobs = [TranscriptionJob(decode_audio(c.path)) for c in clips]
+        jobs = [TranscriptionJob(spooled(c.path)) for c in clips]
         for first in range(0, len(jobs), batch):
             for _step in api.transcribe_batch(jobs[first : first + batch]):
                 pass
+        for job in jobs:
+            job.audio.delete()
     return audio_seconds / (time.perf_counter() - start)
 
 

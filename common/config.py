@@ -47,6 +47,7 @@ class ServerConfig(ListenConfig):
     max_batch_size: int = 8
     api_servers: int = 1
     max_audio_seconds: float = 7200.0
+    max_queued_audio_seconds: float = 14400.0
     queue_timeout: float = 600.0
     # What the model can do, as the router's registry declares it; unset: detected from the model.
     languages: list[str] | None = None

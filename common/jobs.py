@@ -14,10 +14,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
+from common.audio import Audio
 from common.errors import ApiError
 from common.transcript import Segment, Task
+from common.windows import Chunking
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class LiveStep:
 
 @dataclass
 class TranscriptionJob:
-    audio: np.ndarray  # 16 kHz mono float32
+    audio: Audio  # 16 kHz mono PCM in a file; windows are read from it
     task: Task = "transcribe"
     language: str | None = None
     prompt: str | None = None
@@ -41,12 +41,13 @@ class TranscriptionJob:
     target_language: str | None = None  # models that translate into several languages (Canary)
     interim: bool = False  # only a Realtime turn's interim text: a family may trade accuracy for speed
     live: LiveStep | None = None
+    chunking: Chunking | None = None  # how long audio is cut into windows (None: the family's default)
     # When the spec made it, just before queueing it (time.monotonic is one clock for all processes).
     queued_at: float = field(default_factory=time.monotonic)
 
     @property
     def duration(self) -> float:
-        return len(self.audio) / 16_000
+        return self.audio.duration
 
 
 def info_event(language: str, duration: float) -> dict[str, Any]:

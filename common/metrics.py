@@ -111,6 +111,12 @@ class _Metrics:
             ["model"],
             buckets=BATCH_BUCKETS,
         )
+        self.window_batch_size = Histogram(
+            "open_speech_window_batch_size",
+            "Windows of audio (of one or several requests) decoded in one batch (window batching, GPUs).",
+            ["model"],
+            buckets=BATCH_BUCKETS,
+        )
         self.inference_seconds = Histogram(
             "open_speech_inference_seconds",
             "Seconds a worker spent on one batch (continuous batching: on one request).",
@@ -183,6 +189,11 @@ def observe_batch(model: str, jobs: list[TranscriptionJob], steps: Iterator[Any]
 def observe_start(model: str, running: int) -> None:
     """A job started beside others (continuous batching): the jobs now running count as its batch."""
     _metrics().batch_size.labels(model).observe(running)
+
+
+def observe_window_batch(model: str, size: int) -> None:
+    """A batch of `size` windows decoded together."""
+    _metrics().window_batch_size.labels(model).observe(size)
 
 
 def observe_job(model: str, job: TranscriptionJob, seconds: float) -> None:

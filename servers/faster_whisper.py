@@ -15,29 +15,40 @@ the model (one CTranslate2 worker) whose threads run at the lowest CPU priority:
 final transcripts and file requests leave idle, instead of slowing them down by sharing the cores evenly.
 """
 
+from __future__ import annotations
+
 if __name__ == "__main__" and __spec__ is None:  # run as a script: run as the module instead
     from servers import run_as_module
 
     run_as_module(__file__)
 
+import functools
+import itertools
 import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections import deque
+from collections.abc import Callable, Hashable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 import ctranslate2
 import faster_whisper
+import numpy as np
+from faster_whisper.transcribe import TranscriptionInfo
 
+from common import metrics
+from common.audio import SAMPLE_RATE, Cancelled
 from common.config import ServerConfig, load
 from common.errors import ApiError
 from common.jobs import TranscriptionJob, error_event, info_event, segment_event
 from common.models import Capabilities, ModelCard
 from common.transcript import Segment, Word
+from common.windows import Window, plan
 from specs.family import ConcurrentFamilyAPI
 from specs.serving import configure_logging, serve
 
@@ -45,6 +56,9 @@ logger = logging.getLogger("open_speech.faster_whisper")
 T = TypeVar("T")
 
 BUNDLED = "bundled"
+WINDOW_SECONDS = 30.0  # Whisper's window: longer audio is cut at silences into windows this long at most
+HOP = 160  # samples per Whisper feature frame (a segment's `seek` counts these)
+FRAMES_PER_SECOND = SAMPLE_RATE // HOP
 FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
 
@@ -61,6 +75,7 @@ class FasterWhisperConfig(ServerConfig):
     vad_filter: bool = False
     condition_on_previous_text: bool = True
     low_priority_interims: bool = True
+    window_batch_size: int = 0
     download_root: str = ""
 
 
@@ -84,8 +99,16 @@ def resolve_auto(config: FasterWhisperConfig) -> FasterWhisperConfig:
         compute_type = "float16" if device == "cuda" else "int8"
     cores = os.cpu_count() or 1
     parallel = config.parallel or (min(cores, 4) if device == "cpu" else 2)
+    window_batch_size = config.window_batch_size or (1 if device == "cpu" else 8)
     threads = config.cpu_threads or max(1, cores // parallel)
-    return replace(config, device=device, compute_type=compute_type, parallel=parallel, cpu_threads=threads)
+    return replace(
+        config,
+        device=device,
+        compute_type=compute_type,
+        parallel=parallel,
+        cpu_threads=threads,
+        window_batch_size=window_batch_size,
+    )
 
 
 def model_card(config: FasterWhisperConfig) -> ModelCard:
@@ -128,7 +151,12 @@ class FasterWhisperAPI(ConcurrentFamilyAPI):
                 download_root=config.download_root or None,
             )
 
+        logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # not a line per window decoded
         self.model = load(config.parallel)
+        self.english_only = not self.model.model.is_multilingual
+        self.batcher = None
+        if config.window_batch_size > 1:
+            self.batcher = WindowBatcher(self.model, config.window_batch_size, self.spec.model.id)
         self.interim_model = self.model
         if kind == "cpu" and config.low_priority_interims and sys.platform == "linux":
             self.interim_model = at_lowest_priority(lambda: load(1))
@@ -142,27 +170,175 @@ class FasterWhisperAPI(ConcurrentFamilyAPI):
             ", interim text at low priority" if self.interim_model is not self.model else "",
         )
 
+    # Made in the worker process (LitServe pickles the API to start it; pools do not pickle).
+    @functools.cached_property
+    def _window_pool(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(max_workers=self.config.parallel, thread_name_prefix="window")
+
     def transcribe_job(self, job: TranscriptionJob) -> Iterator[dict[str, Any]]:
         model = self.interim_model if job.interim else self.model
+        options = {
+            "language": job.language,
+            "task": job.task,
+            "initial_prompt": job.prompt,
+            "temperature": FALLBACK_TEMPERATURES if job.temperature is None else job.temperature,
+            # Interim text of a Realtime turn: greedy and without timestamp tokens, about twice as fast.
+            "beam_size": 1 if job.interim else self.config.beam_size,
+            "without_timestamps": job.interim,
+            "word_timestamps": job.word_timestamps,
+            "vad_filter": self.config.vad_filter,
+            "condition_on_previous_text": self.config.condition_on_previous_text,
+        }
+        number, started = 0, False  # segments are numbered across windows
         try:
-            segments, info = model.transcribe(
-                job.audio,
-                language=job.language,
-                task=job.task,
-                initial_prompt=job.prompt,
-                temperature=FALLBACK_TEMPERATURES if job.temperature is None else job.temperature,
-                # Interim text of a Realtime turn: greedy and without timestamp tokens, about twice as fast.
-                beam_size=1 if job.interim else self.config.beam_size,
-                without_timestamps=job.interim,
-                word_timestamps=job.word_timestamps,
-                vad_filter=self.config.vad_filter,
-                condition_on_previous_text=self.config.condition_on_previous_text,
-            )
-            yield info_event(info.language, info.duration)
-            for s in segments:
-                yield segment_event(_segment(s))
+            for window, info, segments in self._windows(model, job, options):
+                if not started:
+                    started = True
+                    yield info_event(info.language, job.duration)
+                for s in segments:
+                    yield segment_event(_segment(s, number, window))
+                    number += 1
+            if not started:  # no speech at all: nothing was decoded
+                yield info_event(job.language or "en", job.duration)
         except ValueError as exc:
             yield error_event(ApiError(400, str(exc), code="invalid_request"))
+
+    def _windows(
+        self, model: faster_whisper.WhisperModel, job: TranscriptionJob, options: dict[str, Any]
+    ) -> Iterator[tuple[Window, TranscriptionInfo, Iterable[faster_whisper.transcribe.Segment]]]:
+        """Each window of the job's audio with its transcription, in order, decoded ahead of the one
+        being sent while VAD finds the next: on CPU side by side on the model's CTranslate2 workers,
+        `parallel` at a time (a job of a single window is decoded here, its segments as they come);
+        with window batching, in the batches of every job's windows (`WindowBatcher`)."""
+        windows = plan(job.audio, WINDOW_SECONDS, job.chunking)
+        batcher = self.batcher if model is self.model else None
+        if batcher is None:
+            first, second = next(windows, None), next(windows, None)
+            if second is None:
+                if first is not None:
+                    segments, info = model.transcribe(job.audio.read(first.start, first.end), **options)
+                    yield first, info, _until_cancelled(job, segments)
+                return
+            windows = itertools.chain([first, second], windows)
+        # Windows of one job batch together when its language is known (given, or English-only models).
+        group = (tuple(sorted(options.items())), None if options["language"] or self.english_only else id(job))
+        pending: deque[tuple[Window, Future[tuple[TranscriptionInfo, list]]]] = deque()
+
+        def fill() -> None:
+            while len(pending) < (batcher.size if batcher else self.config.parallel) and not job.audio.cancelled:
+                window = next(windows, None)
+                if window is None:
+                    return
+                if batcher is not None:
+                    decoding = batcher.submit(job.audio.read(window.start, window.end), options, group)
+                else:
+                    decoding = self._window_pool.submit(_transcribe, model, job, window, options)
+                pending.append((window, decoding))
+
+        fill()
+        while pending:
+            window, decoding = pending.popleft()
+            info, segments = decoding.result()
+            fill()
+            yield window, info, segments
+        if job.audio.cancelled:  # windows were left undecoded
+            raise Cancelled
+
+
+class WindowBatcher:
+    """Windows of concurrent requests decoded in shared CTranslate2 batches (`window_batch_size`, for GPUs).
+
+    One thread takes the windows waiting, up to `size` whose decoding options agree, and decodes them as
+    the clips of one call to faster-whisper's `BatchedInferencePipeline`: one encoder batch, one beam
+    search batch. Batched decoding has no temperature fallback and no previous-text conditioning, so its
+    text can differ a little from `transcribe()`'s; on CPU, parallel workers are the faster design.
+    """
+
+    def __init__(self, model: faster_whisper.WhisperModel, size: int, name: str) -> None:
+        self.pipeline = faster_whisper.BatchedInferencePipeline(model)
+        self.size = size
+        self.name = name  # the model's id, for the metrics
+        self.waiting: deque[_Waiting] = deque()
+        self.ready = threading.Condition()
+        threading.Thread(target=self._run, name="window-batcher", daemon=True).start()
+
+    def submit(
+        self, audio: np.ndarray, options: dict[str, Any], group: Hashable
+    ) -> Future[tuple[TranscriptionInfo, list[faster_whisper.transcribe.Segment]]]:
+        """A window to decode in a batch with others of the same `group` (same options)."""
+        waiting = _Waiting(audio, options, group)
+        with self.ready:
+            self.waiting.append(waiting)
+            self.ready.notify()
+        return waiting.future
+
+    def _run(self) -> None:
+        while True:
+            with self.ready:
+                self.ready.wait_for(lambda: self.waiting)
+                batch = [self.waiting.popleft()]
+                for other in [w for w in self.waiting if w.group == batch[0].group][: self.size - 1]:
+                    self.waiting.remove(other)
+                    batch.append(other)
+            try:
+                results = self._decode(batch)
+            except Exception as exc:
+                for waiting in batch:
+                    waiting.future.set_exception(exc)
+                continue
+            for waiting, result in zip(batch, results, strict=True):
+                waiting.future.set_result(result)
+
+    def _decode(self, batch: list[_Waiting]) -> list[tuple[TranscriptionInfo, list[faster_whisper.transcribe.Segment]]]:
+        """The windows as the clips of one audio; each segment back to its window's own times."""
+        starts = [0.0]
+        for waiting in batch:
+            starts.append(starts[-1] + len(waiting.audio) / SAMPLE_RATE)
+        clips = [{"start": start, "end": end} for start, end in itertools.pairwise(starts)]
+        options = {**batch[0].options, "vad_filter": False}
+        segments, info = self.pipeline.transcribe(
+            np.concatenate([w.audio for w in batch]), clip_timestamps=clips, batch_size=len(batch), **options
+        )
+        # A segment's `seek` is its clip's offset in frames, as the pipeline computes it (times may reach
+        # past a clip's end, so they cannot tell which clip a segment is of).
+        clip_of = {
+            int(int(start * SAMPLE_RATE) / SAMPLE_RATE * FRAMES_PER_SECOND): i for i, start in enumerate(starts[:-1])
+        }
+        found: list[list[faster_whisper.transcribe.Segment]] = [[] for _ in batch]
+        for segment in segments:
+            index = clip_of[segment.seek]
+            found[index].append(_shifted(segment, -starts[index]))
+        metrics.observe_window_batch(self.name, len(batch))
+        return [(info, segments) for segments in found]
+
+
+@dataclass
+class _Waiting:
+    audio: np.ndarray
+    options: dict[str, Any]
+    group: Hashable
+    future: Future = field(default_factory=Future)
+
+
+def _shifted(segment: faster_whisper.transcribe.Segment, by: float) -> faster_whisper.transcribe.Segment:
+    words = None if segment.words is None else [replace(w, start=w.start + by, end=w.end + by) for w in segment.words]
+    return replace(segment, start=segment.start + by, end=segment.end + by, words=words)
+
+
+def _transcribe(
+    model: faster_whisper.WhisperModel, job: TranscriptionJob, window: Window, options: dict[str, Any]
+) -> tuple[TranscriptionInfo, list[faster_whisper.transcribe.Segment]]:
+    """One window, decoded whole (raises `Cancelled` when the job's audio is gone)."""
+    segments, info = model.transcribe(job.audio.read(window.start, window.end), **options)
+    return info, list(segments)
+
+
+def _until_cancelled(job: TranscriptionJob, segments: Iterable[T]) -> Iterator[T]:
+    """`segments` as they are decoded, until the job's client leaves."""
+    for segment in segments:
+        if job.audio.cancelled:
+            raise Cancelled
+        yield segment
 
 
 def at_lowest_priority(make: Callable[[], T]) -> T:
@@ -175,13 +351,21 @@ def at_lowest_priority(make: Callable[[], T]) -> T:
         return thread.submit(make).result()
 
 
-def _segment(s: faster_whisper.transcribe.Segment) -> Segment:
-    words = None if s.words is None else [Word(w.word, w.start, w.end, w.probability) for w in s.words]
+def _segment(s: faster_whisper.transcribe.Segment, number: int, window: Window) -> Segment:
+    """faster-whisper's segment as OpenAI's, numbered from 0 across windows, at its place in the audio.
+
+    Times are clamped to the window: Whisper may place a last timestamp past the end of the audio it saw.
+    """
+
+    def at(seconds: float) -> float:
+        return min(window.offset + seconds, window.end / SAMPLE_RATE)
+
+    words = None if s.words is None else [Word(w.word, at(w.start), at(w.end), w.probability) for w in s.words]
     return Segment(
-        id=s.id - 1,  # OpenAI numbers segments from 0
-        seek=s.seek,
-        start=s.start,
-        end=s.end,
+        id=number,
+        seek=s.seek + window.start // HOP,
+        start=at(s.start),
+        end=at(s.end),
         text=s.text,
         tokens=list(s.tokens),
         temperature=s.temperature or 0.0,

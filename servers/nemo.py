@@ -45,6 +45,7 @@ from common.errors import ApiError, model_failed
 from common.jobs import TranscriptionJob, error_event, info_event, segment_event
 from common.models import Capabilities, ModelCard
 from common.transcript import Segment, Word
+from common.windows import plan
 from servers.nemo_streaming import LiveStream, step_round
 from specs.family import FamilyAPI, Step, batch_or_singly, only
 from specs.serving import configure_logging, serve
@@ -201,15 +202,18 @@ class NemoAPI(FamilyAPI):
             yield i, [info_event(self.spoken_language(job), job.duration), *(segment_event(s) for s in segments)]
 
     def _decode(self, jobs: list[TranscriptionJob]) -> list[list[Segment]]:
-        pieces = [
-            _Piece(j, job.audio[start : start + window], start / SAMPLE_RATE)
-            for j, job in enumerate(jobs)
-            for window in [int(self.chunk_seconds * SAMPLE_RATE)]
-            for start in range(0, max(len(job.audio), 1), window)
-        ]
+        """Every window of the jobs, `max_batch_size` at a time; each batch's audio is read when it runs,
+        and a job whose client left is dropped there."""
+        windows = [(j, w) for j, job in enumerate(jobs) for w in plan(job.audio, self.chunk_seconds, job.chunking)]
         segments: list[list[Segment]] = [[] for _ in jobs]
-        for first in range(0, len(pieces), self.max_batch_size):
-            batch = pieces[first : first + self.max_batch_size]
+        for first in range(0, len(windows), self.max_batch_size):
+            batch = [
+                _Piece(j, jobs[j].audio.read(w.start, w.end), w.offset)
+                for j, w in windows[first : first + self.max_batch_size]
+                if not jobs[j].audio.cancelled
+            ]
+            if not batch:
+                continue
             for piece, found in zip(batch, self._decode_pieces(batch, jobs), strict=True):
                 segments[piece.job].extend(found)
         for found in segments:
@@ -283,7 +287,7 @@ class NemoAPI(FamilyAPI):
         streams = [LiveStream(self.model) for _ in indices]
         for stream, i in zip(streams, indices, strict=True):
             yield only(len(jobs), i, info_event(self.spoken_language(jobs[i]), jobs[i].duration))
-            stream.push(jobs[i].audio, last=True)
+            stream.push(jobs[i].audio.read(), last=True)
         counts = [0] * len(indices)
         while not all(s.done for s in streams):
             starts = [s.seconds_fed for s in streams]
@@ -326,7 +330,7 @@ class NemoAPI(FamilyAPI):
                 self.live[live.id] = LiveStream(self.model)
             stream = self.live[live.id]
             stream.last_used = now
-            stream.push(jobs[i].audio, last=live.final)
+            stream.push(jobs[i].audio.read(), last=live.final)
             streams.append(stream)
         try:
             while self._step(streams):

@@ -48,6 +48,7 @@ from common.errors import model_failed
 from common.jobs import TranscriptionJob, error_event, info_event, segment_event
 from common.models import Capabilities, ModelCard
 from common.transcript import Segment, Word
+from common.windows import plan
 from specs.family import FamilyAPI, Step, batch_or_singly, packed
 from specs.serving import configure_logging, serve
 
@@ -55,6 +56,8 @@ logger = logging.getLogger("open_speech.onnx")
 CUDA = "CUDAExecutionProvider"
 # Most padding one onnx-asr batch call may carry, as a fraction of its audio (see OnnxAPI._batches).
 MAX_PADDING = 0.25
+# Longer audio is cut at silences into windows this long at most, each split into pieces by onnx-asr's VAD.
+WINDOW_SECONDS = 300.0
 
 
 @dataclass
@@ -202,7 +205,11 @@ class OnnxAPI(FamilyAPI):
         first: list[tuple[int, dict[str, Any]]] = []
         for index, job in enumerate(jobs):
             try:
-                spans = self.split(job.audio)
+                spans = [
+                    (window.start + start, window.start + end)
+                    for window in plan(job.audio, WINDOW_SECONDS, job.chunking)
+                    for start, end in self.split(job.audio.read(window.start, window.end))
+                ]
             except Exception:
                 logger.exception("voice activity detection failed")
                 failed.add(index)
@@ -213,7 +220,7 @@ class OnnxAPI(FamilyAPI):
         yield from packed(size, first)
         counts = [0] * size
         for batch in self._batches(pieces):
-            batch = [p for p in batch if p.job not in failed]
+            batch = [p for p in batch if p.job not in failed and not jobs[p.job].audio.cancelled]
             events: list[tuple[int, dict[str, Any]]] = []
             for piece, result in batch_or_singly(batch, lambda group: self._recognize(group, jobs), "recognition"):
                 if piece.job in failed:
@@ -270,7 +277,7 @@ class OnnxAPI(FamilyAPI):
             groups.setdefault(tuple(self._options(jobs[piece.job]).items()), []).append(row)
         results: list[TimestampedResult | None] = [None] * len(pieces)
         for options, rows in groups.items():
-            audio = [jobs[pieces[r].job].audio[pieces[r].start : pieces[r].end] for r in rows]
+            audio = [jobs[pieces[r].job].audio.read(pieces[r].start, pieces[r].end) for r in rows]
             found = self.asr.recognize_batch(*pad_list(audio), need_logprobs=True, **dict(options))
             for row, result in zip(rows, found, strict=True):
                 results[row] = result

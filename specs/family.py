@@ -17,7 +17,7 @@ from litserve.loops.continuous_batching_loop import ContinuousBatchingLoop, Outp
 from litserve.utils import LitAPIStatus
 
 from common import metrics
-from common.audio import AudioLimits
+from common.audio import AudioLimits, Cancelled
 from common.config import ServerConfig
 from common.errors import model_failed, queue_timeout
 from common.jobs import TranscriptionJob, error_event
@@ -67,7 +67,7 @@ class FamilyAPI(ls.LitAPI):
 
 
 def _spec(config: ServerConfig, card: ModelCard) -> OpenAIAudioSpec:
-    return OpenAIAudioSpec(card, AudioLimits(config.max_audio_seconds))
+    return OpenAIAudioSpec(card, AudioLimits(config.max_audio_seconds), config.max_queued_audio_seconds)
 
 
 def batch_or_singly(items: list[T], run: Callable[[list[T]], list[R]], what: str) -> Iterator[tuple[T, R | None]]:
@@ -146,6 +146,9 @@ class ConcurrentFamilyAPI(ls.LitAPI):
     # ---- LitServe's continuous batching interface ---------------------------------------------------
     def add_request(self, uid: str, job: TranscriptionJob) -> None:
         self.running[uid] = job
+        if job.audio.cancelled:  # its client left while it was queued: never started
+            self._events.put((uid, None))
+            return
         limit = self.request_timeout
         if limit not in (None, -1, False) and time.monotonic() - job.queued_at > limit:
             # LitServe's batching loops refuse a job that waited this long; its continuous loop does not.
@@ -183,6 +186,8 @@ class ConcurrentFamilyAPI(ls.LitAPI):
         try:
             for event in self.transcribe_job(job):
                 self._events.put((uid, event))
+        except Cancelled:
+            logger.info("job stopped: its client left")
         except Exception:
             logger.exception("transcription failed")
             self._events.put((uid, error_event(model_failed())))

@@ -18,23 +18,24 @@ import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from fastapi import Depends, File, Form, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from litserve.specs.base import LitSpec
 from litserve.utils import LitAPIStatus, ResponseBufferItem, WorkerSetupStatus
 
 from common import metrics
-from common.audio import AudioError, AudioLimits, decode
+from common.audio import Audio, AudioError, AudioLimits, decode
 from common.errors import ApiError, model_failed, queue_timeout
 from common.formats import RESPONSE_FORMATS, logprobs, render, usage
 from common.jobs import LiveStep, TranscriptionJob, read_error
 from common.languages import LANGUAGES
 from common.models import ModelCard, model_object
 from common.transcript import Segment, Task, Transcript, join_text
+from common.windows import Chunking
 
 if TYPE_CHECKING:
     from litserve import LitAPI
@@ -56,11 +57,12 @@ async def _shared_fields(
 
 
 class OpenAIAudioSpec(LitSpec):
-    def __init__(self, model: ModelCard, limits: AudioLimits) -> None:
+    def __init__(self, model: ModelCard, limits: AudioLimits, max_queued_seconds: float) -> None:
         super().__init__()
         self.api_path = "/v1/audio/transcriptions"
         self.model = model
         self.limits = limits
+        self.admission = Admission(max_queued_seconds)
 
     @property
     def stream(self) -> bool:
@@ -88,6 +90,11 @@ class OpenAIAudioSpec(LitSpec):
         shared: dict[str, Any] = Depends(_shared_fields),
         timestamp_granularities: list[str] | None = Form(None, alias="timestamp_granularities[]"),
         include: list[str] | None = Form(None, alias="include[]"),
+        chunking_strategy: str | None = Form(None, description='"auto", or a server_vad object as JSON.'),
+        chunking_type: str | None = Form(None, alias="chunking_strategy[type]"),
+        chunking_threshold: str | None = Form(None, alias="chunking_strategy[threshold]"),
+        chunking_prefix_padding_ms: str | None = Form(None, alias="chunking_strategy[prefix_padding_ms]"),
+        chunking_silence_duration_ms: str | None = Form(None, alias="chunking_strategy[silence_duration_ms]"),
         interim: str | None = Form(None, include_in_schema=False),
         live_id: str | None = Form(None, include_in_schema=False),
         live_final: str | None = Form(None, include_in_schema=False),
@@ -97,6 +104,15 @@ class OpenAIAudioSpec(LitSpec):
             **shared,
             granularities=timestamp_granularities,
             include=include,
+            chunking=Chunking.parse(
+                chunking_strategy,
+                {
+                    "type": chunking_type,
+                    "threshold": chunking_threshold,
+                    "prefix_padding_ms": chunking_prefix_padding_ms,
+                    "silence_duration_ms": chunking_silence_duration_ms,
+                },
+            ),
             interim=interim,
             live_id=live_id,
             live_final=live_final,
@@ -131,7 +147,7 @@ class OpenAIAudioSpec(LitSpec):
             raise ApiError(
                 503, "The model is still loading; retry shortly.", code="model_not_ready", headers={"Retry-After": "2"}
             )
-        audio = await asyncio.to_thread(self._decode_upload, file, form.live is not None)
+        audio = await self._decode_upload(file, form.live is not None)
         job = TranscriptionJob(
             audio=audio,
             task=form.task,
@@ -141,6 +157,7 @@ class OpenAIAudioSpec(LitSpec):
             word_timestamps="word" in form.granularities or form.logprobs,
             stream=form.stream,
             target_language=form.target_language,
+            chunking=form.chunking,
             interim=form.interim,
             live=form.live,
         )
@@ -161,14 +178,21 @@ class OpenAIAudioSpec(LitSpec):
             return JSONResponse(body)
         return PlainTextResponse(body)
 
-    def _decode_upload(self, file: UploadFile, allow_empty: bool = False) -> Any:
+    async def _decode_upload(self, file: UploadFile, allow_empty: bool = False) -> Audio:
+        """The upload spooled as 16 kHz PCM (a live stream's last request may carry no new audio), decoded
+        on a thread; if the client leaves meanwhile, the spool is deleted once the thread is done."""
         file.file.seek(0, 2)
-        if file.file.tell() == 0:
-            if allow_empty:  # a live stream's last request may carry no new audio
-                return np.zeros(0, np.float32)
+        if file.file.tell() == 0 and not allow_empty:
             raise AudioError("The audio file is empty.", code="empty_file")
         file.file.seek(0)
-        return decode(file.file, file.content_type, self.limits)
+        decoding = asyncio.ensure_future(
+            asyncio.to_thread(decode, file.file, file.content_type, self.limits, allow_empty=allow_empty)
+        )
+        try:
+            return await asyncio.shield(decoding)
+        except asyncio.CancelledError:
+            decoding.add_done_callback(lambda done: done.cancelled() or done.exception() or done.result().delete())
+            raise
 
     def _check_capabilities(self, form: _Form) -> None:
         card, able = self.model, self.model.capabilities
@@ -206,22 +230,26 @@ class OpenAIAudioSpec(LitSpec):
     async def _events(
         self, uid: uuid.UUID, queue: deque, event: asyncio.Event, job: TranscriptionJob
     ) -> AsyncIterator[dict[str, Any]]:
-        """The worker's events for one job; worker errors become `ApiError`s."""
+        """The worker's events for one job; worker errors become `ApiError`s. However it ends (done,
+        failed, its client gone), its audio is deleted: a worker still decoding it stops there."""
         depth = metrics.queue_depth(self.model.id)
         depth.inc()
         try:
-            # The manager queue's put blocks on IPC: keep it off the event loop.
-            await asyncio.to_thread(self.request_queue.put, (self.response_queue_id, uid, time.monotonic(), job))
-            async for data, status in self.data_streamer(queue, event, send_status=True):
-                if status == LitAPIStatus.ERROR:
-                    raise _worker_error(data)
-                if not data:
-                    continue  # a batch step that had nothing for this request
-                message = json.loads(data)
-                if message["event"] == "error":
-                    raise read_error(message)
-                yield message
+            with self.admission.hold(job.audio.duration):
+                # The manager queue's put blocks on IPC: keep it off the event loop.
+                job_message = (self.response_queue_id, uid, time.monotonic(), job)
+                await asyncio.to_thread(self.request_queue.put, job_message)
+                async for data, status in self.data_streamer(queue, event, send_status=True):
+                    if status == LitAPIStatus.ERROR:
+                        raise _worker_error(data)
+                    if not data:
+                        continue  # a batch step that had nothing for this request
+                    message = json.loads(data)
+                    if message["event"] == "error":
+                        raise read_error(message)
+                    yield message
         finally:
+            job.audio.delete()
             depth.dec()
             self.response_buffer.pop(uid, None)
 
@@ -258,6 +286,32 @@ class OpenAIAudioSpec(LitSpec):
         return model_object(name, self.model.family, self.model.capabilities, root=self.model.id)
 
 
+class Admission:
+    """Audio seconds queued and in flight for the model (in this API process). Past `limit`, new requests
+    get 503 with Retry-After instead of piling up: a request alone is always taken, however long."""
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+        self.seconds = 0.0
+
+    @contextmanager
+    def hold(self, seconds: float) -> Iterator[None]:
+        """Count `seconds` of audio while the block runs; 503 when there is too much already."""
+        if self.seconds and self.seconds + seconds > self.limit:
+            raise ApiError(
+                503,
+                f"The server has {self.seconds:.0f} s of audio to transcribe already (its limit is "
+                f"{self.limit:g} s); retry later.",
+                code="audio_queue_full",
+                headers={"Retry-After": "10"},
+            )
+        self.seconds += seconds
+        try:
+            yield
+        finally:
+            self.seconds -= seconds
+
+
 @dataclass(frozen=True)
 class _Form:
     """A transcription or translation request's form fields, validated and typed."""
@@ -272,6 +326,7 @@ class _Form:
     language: str | None
     prompt: str | None
     target_language: str | None
+    chunking: Chunking | None
     # The router's Realtime sessions add these fields (not part of OpenAI's API): `interim=true`, the
     # decode is only interim text; `live_id` and `live_final` continue (and end) a live stream.
     interim: bool
@@ -291,6 +346,7 @@ class _Form:
         stream: str | None = None,
         include: list[str] | None = None,
         target_language: str | None = None,
+        chunking: Chunking | None = None,
         interim: str | None = None,
         live_id: str | None = None,
         live_final: str | None = None,
@@ -320,6 +376,7 @@ class _Form:
             language=_parse_language(language),
             prompt=prompt or None,
             target_language=_parse_language(target_language, "target_language"),
+            chunking=chunking,
             interim=_parse_bool(interim, "interim"),
             live=None if live_id is None else LiveStep(live_id, _parse_bool(live_final, "live_final")),
         )

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import litserve as ls
@@ -54,6 +58,9 @@ def serve(
     until SIGINT or SIGTERM."""
     card = api.spec.model  # the OpenAIAudioSpec's model card
     metrics.setup(card.family)  # before LitServe starts the processes that record metrics
+    # Decoded uploads are spooled here (the API processes are forked: they share it); gone at the end.
+    spool = Path(tempfile.mkdtemp(prefix="open-speech-audio-"))
+    api.spec.limits = dataclasses.replace(api.spec.limits, spool=spool)
     server = ls.LitServer(
         api,
         accelerator=accelerator,
@@ -62,6 +69,7 @@ def serve(
         timeout=config.queue_timeout,
         callbacks=[_WorkerLogging(config.log_level)],
         middlewares=[
+            middleware.CancelOnDisconnect,
             (middleware.UploadLimit, {"max_bytes": int(config.max_upload_mb * 1_000_000)}),
             (middleware.RequestMetrics, {"layer": "server", "model": card.id}),
         ],
@@ -77,4 +85,5 @@ def serve(
             generate_client_file=False,
         )
     finally:
+        shutil.rmtree(spool, ignore_errors=True)
         metrics.cleanup()

@@ -136,8 +136,9 @@ def test_bad_input(server: ServerProcess, tmp_path: Path) -> None:
     assert listed["capabilities"]["translate"] is False and listed["capabilities"]["word_timestamps"] is True
 
 
-def test_a_failing_piece_fails_only_its_request(model: Path) -> None:
+def test_a_failing_piece_fails_only_its_request(model: Path, tmp_path: Path) -> None:
     """In process: a batch call that fails is retried piece by piece; only the bad job gets an error."""
+    from common.audio import AudioLimits, spool
     from common.jobs import TranscriptionJob
     from servers.onnx import OnnxAPI, OnnxConfig, model_card, model_class, resolve_auto
 
@@ -153,7 +154,10 @@ def test_a_failing_piece_fails_only_its_request(model: Path) -> None:
 
     api.asr.recognize_batch = fragile
     rng = np.random.default_rng(0)
-    jobs = [TranscriptionJob(rng.standard_normal(n).astype(np.float32) * 0.1) for n in (32000, 12345, 96000)]
+    limits = AudioLimits(60, tmp_path)
+    jobs = [
+        TranscriptionJob(spool(rng.standard_normal(n).astype(np.float32) * 0.1, limits)) for n in (32000, 12345, 96000)
+    ]
     events: list[list[dict]] = [[] for _ in jobs]
     for step in api.transcribe_batch(jobs):
         for index, event in enumerate(step):
