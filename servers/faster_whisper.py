@@ -208,7 +208,7 @@ class FasterWhisperAPI(ConcurrentFamilyAPI):
     ) -> Iterator[tuple[Window, TranscriptionInfo, Iterable[faster_whisper.transcribe.Segment]]]:
         """Each window of the job's audio with its transcription, in order, decoded ahead of the one
         being sent while VAD finds the next: on CPU side by side on the model's CTranslate2 workers,
-        `parallel` at a time (a job of a single window is decoded here, its segments as they come);
+        `parallel` at once (a job of a single window is decoded here, its segments as they come);
         with window batching, in the batches of every job's windows (`WindowBatcher`)."""
         windows = plan(job.audio, WINDOW_SECONDS, job.chunking)
         batcher = self.batcher if model is self.model else None
@@ -220,12 +220,16 @@ class FasterWhisperAPI(ConcurrentFamilyAPI):
                     yield first, info, _until_cancelled(job, segments)
                 return
             windows = itertools.chain([first, second], windows)
-        # Windows of one job batch together when its language is known (given, or English-only models).
+        # Windows of several jobs share a batch only when their language is known (given, or an English-only
+        # model): the batched pipeline detects one language per batch.
         group = (tuple(sorted(options.items())), None if options["language"] or self.english_only else id(job))
         pending: deque[tuple[Window, Future[tuple[TranscriptionInfo, list]]]] = deque()
+        # Twice what decodes at once is queued, so that no worker idles while the window ahead of the one
+        # it finished is still being decoded (windows are sent in order).
+        ahead = 2 * (batcher.size if batcher else self.config.parallel)
 
         def fill() -> None:
-            while len(pending) < (batcher.size if batcher else self.config.parallel) and not job.audio.cancelled:
+            while len(pending) < ahead and not job.audio.cancelled:
                 window = next(windows, None)
                 if window is None:
                     return
