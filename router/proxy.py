@@ -19,6 +19,7 @@ from typing import IO
 import httpx
 from fastapi import FastAPI
 from fastapi.responses import Response, StreamingResponse
+from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
@@ -33,6 +34,8 @@ HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length",
 
 SPOOL_IN_MEMORY = 1 << 20
 MAX_FIELD_BYTES = 4096  # text fields longer than this are not kept (prompts are forwarded, not read)
+MAX_PARTS = 1000  # form fields: OpenAI's form has about twenty (repeated ones included)
+MAX_HEADER_BYTES = 8192  # the headers of one part
 CHUNK = 1 << 16
 
 
@@ -84,6 +87,7 @@ class Proxy:
             "content-type": upload.content_type,
             "content-length": str(upload.size),
             "x-request-id": request_id.get(),
+            **server.headers,
         }
         upstream = self.http.build_request(
             "POST", server.url + request.url.path, content=upload.chunks(), headers=headers
@@ -117,45 +121,65 @@ class Proxy:
 
 
 async def spool(request: Request) -> SpooledUpload:
-    """Read the request body into a spool; parse text fields if it is multipart/form-data."""
+    """Read the request body into a spool, parsing its form fields on the way; 400 unless it is
+    well-formed multipart/form-data with one `model` of a sane length."""
     content_type = request.headers.get("content-type", "")
     media_type, params = parse_options_header(content_type)
+    boundary = params.get(b"boundary", b"")
+    if media_type != b"multipart/form-data" or not boundary:
+        raise _bad_form("Send the request as multipart/form-data (with a boundary), as the OpenAI SDK does.")
     body = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)  # noqa: SIM115 (closed by SpooledUpload.close)
-    fields: dict[str, str] = {}
-    parser = _field_parser(params.get(b"boundary", b""), fields) if media_type == b"multipart/form-data" else None
+    collector = _FieldCollector()
+    parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
     size = 0
-    async for chunk in request.stream():
-        body.write(chunk)
-        size += len(chunk)
-        if parser is not None:
+    try:
+        async for chunk in request.stream():
+            body.write(chunk)
+            size += len(chunk)
             parser.write(chunk)
-    if parser is not None:
         parser.finalize()
-    return SpooledUpload(body, size, content_type, fields)
+        if not collector.ended:
+            raise _bad_form("The multipart/form-data body ends before its closing boundary.")
+    except MultipartParseError as exc:
+        body.close()
+        raise _bad_form(f"The multipart/form-data body is malformed ({exc}).") from None
+    except BaseException:
+        body.close()
+        raise
+    return SpooledUpload(body, size, content_type, collector.fields)
 
 
-def _field_parser(boundary: bytes, fields: dict[str, str]) -> MultipartParser | None:
-    if not boundary:
-        return None
-    return MultipartParser(boundary, _FieldCollector(fields).callbacks())  # type: ignore[arg-type]
+def _bad_form(message: str, param: str | None = None) -> ApiError:
+    return ApiError(400, message, param=param, code="invalid_form")
 
 
 class _FieldCollector:
-    """MultipartParser callbacks that keep the values of small text fields (not of files)."""
+    """MultipartParser callbacks that keep the values of small text fields (not of files), and refuse
+    what no client sends: more than `MAX_PARTS` parts, part headers over `MAX_HEADER_BYTES`, a `model`
+    sent twice or longer than `MAX_FIELD_BYTES` (the family server would read it otherwise than the
+    router routed it)."""
 
-    def __init__(self, fields: dict[str, str]) -> None:
-        self.fields = fields
+    def __init__(self) -> None:
+        self.fields: dict[str, str] = {}
+        self.parts = 0
+        self.ended = False
         self.on_part_begin()
 
     def on_part_begin(self) -> None:
+        self.parts += 1
+        if self.parts > MAX_PARTS:
+            raise _bad_form(f"The form has more than {MAX_PARTS} fields.")
         self.header = b""
+        self.header_bytes = 0
         self.disposition = b""
         self.data = bytearray()
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._count(end - start)
         self.header += data[start:end]
 
     def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._count(end - start)
         if self.header.lower() == b"content-disposition":
             self.disposition += data[start:end]
 
@@ -169,9 +193,22 @@ class _FieldCollector:
     def on_part_end(self) -> None:
         _, options = parse_options_header(self.disposition)
         name = options.get(b"name")
-        if name is not None and b"filename" not in options and len(self.data) <= MAX_FIELD_BYTES:
+        if name is None or b"filename" in options:
+            return
+        if name == b"model" and ("model" in self.fields or len(self.data) > MAX_FIELD_BYTES):
+            why = "is sent twice" if "model" in self.fields else f"is longer than {MAX_FIELD_BYTES} bytes"
+            raise _bad_form(f"The form field 'model' {why}.", param="model")
+        if len(self.data) <= MAX_FIELD_BYTES:
             self.fields.setdefault(name.decode(errors="replace"), self.data.decode(errors="replace"))
 
+    def on_end(self) -> None:
+        self.ended = True
+
+    def _count(self, size: int) -> None:
+        self.header_bytes += size
+        if self.header_bytes > MAX_HEADER_BYTES:
+            raise _bad_form(f"A part of the form has headers longer than {MAX_HEADER_BYTES} bytes.")
+
     def callbacks(self) -> dict[str, object]:
-        names = ("on_part_begin", "on_header_field", "on_header_value", "on_header_end", "on_part_data", "on_part_end")
-        return {name: getattr(self, name) for name in names}
+        names = ("on_part_begin", "on_header_field", "on_header_value", "on_header_end", "on_part_data")
+        return {name: getattr(self, name) for name in (*names, "on_part_end", "on_end")}
