@@ -16,6 +16,7 @@ from collections.abc import Callable
 from starlette.websockets import WebSocket
 
 from common.errors import ApiError
+from common.middleware import bearer
 from router.realtime.protocol import SessionConfig, error_event
 from router.realtime.session import DecoderFactory, Limits, Session
 
@@ -52,21 +53,24 @@ class RealtimeEndpoint:
         except ApiError as exc:
             await _refuse(websocket, 1008, "model not found", exc.message, exc.code or "model_not_found")
             return
-        if self.sessions[key] >= self.sessions_per_key:
-            message = f"Too many realtime sessions for this key (at most {self.sessions_per_key}); retry later."
+        # Sessions count per key; without keys, per client address (any key a client makes up is no one's).
+        holder = key if self.api_key else f"address {websocket.client.host if websocket.client else '?'}"
+        if self.sessions[holder] >= self.sessions_per_key:
+            whose = "this key" if self.api_key else "this address"
+            message = f"Too many realtime sessions for {whose} (at most {self.sessions_per_key}); retry later."
             await _refuse(websocket, 1013, "too many sessions", message, "rate_limit_exceeded")
             return
-        self.sessions[key] += 1
+        self.sessions[holder] += 1
         try:
             await Session(websocket, SessionConfig(model=model), self.decoders, self.limits).run()
         finally:
-            self.sessions[key] -= 1
+            self.sessions[holder] -= 1
 
 
 def _key(websocket: WebSocket) -> str:
-    header = websocket.headers.get("authorization", "")
-    if header.startswith("Bearer "):
-        return header.removeprefix("Bearer ")
+    token = bearer(websocket.headers.get("authorization", "").encode())
+    if token:
+        return token.decode()
     for protocol in websocket.scope.get("subprotocols", []):
         if protocol.startswith(KEY_PROTOCOL):
             return protocol.removeprefix(KEY_PROTOCOL)

@@ -50,6 +50,13 @@ class Limits:
     interim_seconds: float = 0.5  # new audio between interim decodes
 
 
+MAX_OUTBOX = 1000  # events waiting for a client that does not read them; then the session is closed (1008)
+
+
+class _Stalled(Exception):
+    """The client has left `MAX_OUTBOX` events unread."""
+
+
 PAUSE = "pause"  # item queue marker: the turn may end here
 COMMIT = "commit"  # item queue marker: the item is committed
 
@@ -75,7 +82,8 @@ class Session:
         self.config = config
         self.decoders = decoders  # model name (None: the session's default) -> decoder factory
         self.limits = limits
-        self.outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self.outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(MAX_OUTBOX)
+        self.stalled = asyncio.Event()  # the outbox is full: the client reads nothing
         self.decoder = InputDecoder(config.input_format)
         self.vad = TurnDetector(config.turn_detection) if config.turn_detection else None
         self.recent = np.zeros(0, np.float32)  # audio not in an item, kept for the prefix padding
@@ -96,10 +104,15 @@ class Session:
         try:
             async with asyncio.timeout(self.limits.max_session_seconds):
                 while True:
-                    message = await self.ws.receive()
+                    message = await self._receive()
                     if message["type"] == "websocket.disconnect":
                         return
                     self.handle(message.get("text"))
+        except _Stalled:
+            logger.warning("realtime session closed: its client reads none of its %d waiting events", MAX_OUTBOX)
+            sender.cancel()
+            with contextlib.suppress(RuntimeError, WebSocketDisconnect, TimeoutError):
+                await asyncio.wait_for(self.ws.close(1008, "the client does not read its events"), 5)
         except TimeoutError:
             seconds = int(self.limits.max_session_seconds)
             self.send(error_event(f"The session reached its maximum length of {seconds} s.", "session_expired"))
@@ -115,7 +128,21 @@ class Session:
             sender.cancel()
 
     def send(self, event: dict[str, Any]) -> None:
-        self.outbox.put_nowait({"event_id": new_id("event"), **event})
+        try:
+            self.outbox.put_nowait({"event_id": new_id("event"), **event})
+        except asyncio.QueueFull:
+            self.stalled.set()  # the connection is closed (see `run`)
+
+    async def _receive(self) -> dict[str, Any]:
+        """The client's next message; `_Stalled` once it has left `MAX_OUTBOX` events unread."""
+        receiving = asyncio.ensure_future(self.ws.receive())
+        stalled = asyncio.ensure_future(self.stalled.wait())
+        await asyncio.wait({receiving, stalled}, return_when=asyncio.FIRST_COMPLETED)
+        stalled.cancel()
+        if not receiving.done():
+            receiving.cancel()
+            raise _Stalled
+        return receiving.result()
 
     async def _send_events(self) -> None:
         with contextlib.suppress(WebSocketDisconnect, RuntimeError):  # the client left: nothing to tell it
