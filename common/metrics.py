@@ -4,7 +4,7 @@ A family server is several processes (LitServe's main process, uvicorn API proce
 workers), and the router adds one family server per loaded model. They all record into
 prometheus_client's multiprocess files, laid out as a tree of directories:
 
-    $TMPDIR/open-speech-metrics-router-XXXX/         the router's own directory (or under a user-set one)
+    $TMPDIR/open-speech-metrics-router-PID-XXXX/     the router's own directory (or under a user-set one)
         *.db                                         the router's metrics
         faster-whisper-XXXX/*.db                     one family server the router started: its main,
                                                      API and worker processes
@@ -40,6 +40,8 @@ from typing import TYPE_CHECKING, Any
 import psutil
 from starlette.responses import Response
 
+from common import scratch
+
 if TYPE_CHECKING:
     from common.jobs import TranscriptionJob
 
@@ -58,8 +60,7 @@ def setup(name: str) -> Path:
     if "prometheus_client" in sys.modules:
         raise RuntimeError("prometheus_client was imported before metrics.setup(): its values would not be shared")
     parent = os.environ.get(ENV)
-    prefix = f"{name}-" if parent else f"open-speech-metrics-{name}-"
-    directory = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    directory = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=parent)) if parent else scratch.folder(f"metrics-{name}")
     os.environ[ENV] = str(directory)
     if parent is None:
         _temporary.append(directory)

@@ -9,14 +9,15 @@ import shutil
 import signal
 import sys
 import tempfile
-from pathlib import Path
 from typing import Any
 
 import litserve as ls
 
-from common import metrics, middleware
+from common import metrics, middleware, scratch
 from common.config import ServerConfig
 from common.errors import install_error_handlers
+
+MAX_TMPDIR = 64  # longest temporary folder given to child processes (see `serve`)
 
 
 def configure_logging(level: str) -> None:
@@ -57,9 +58,15 @@ def serve(
     """Start LitServe with `api` on `devices` ("auto": every one of the accelerator's, or a count) and block
     until SIGINT or SIGTERM."""
     card = api.spec.model  # the OpenAIAudioSpec's model card
+    scratch.sweep()
     metrics.setup(card.family)  # before LitServe starts the processes that record metrics
-    # Decoded uploads are spooled here (the API processes are forked: they share it); gone at the end.
-    spool = Path(tempfile.mkdtemp(prefix="open-speech-audio-"))
+    # This server's temporary folder, gone when it stops: decoded uploads are spooled to audio/ there, and
+    # the processes it starts make theirs in it (LitServe's queue manager: a folder with a Unix socket,
+    # whose path may not pass 107 bytes, hence a short enough parent or none).
+    run = scratch.folder("server")
+    if len(str(run)) <= MAX_TMPDIR:
+        os.environ["TMPDIR"] = tempfile.tempdir = str(run)
+    (spool := run / "audio").mkdir()
     api.spec.limits = dataclasses.replace(api.spec.limits, spool=spool)
     server = ls.LitServer(
         api,
@@ -70,6 +77,7 @@ def serve(
         callbacks=[_WorkerLogging(config.log_level)],
         middlewares=[
             middleware.CancelOnDisconnect,
+            *([(middleware.BearerAuth, {"key": config.api_key})] if config.api_key else []),
             (middleware.UploadLimit, {"max_bytes": int(config.max_upload_mb * 1_000_000)}),
             (middleware.RequestMetrics, {"layer": "server", "model": card.id}),
         ],
@@ -85,5 +93,5 @@ def serve(
             generate_client_file=False,
         )
     finally:
-        shutil.rmtree(spool, ignore_errors=True)
+        shutil.rmtree(run, ignore_errors=True)
         metrics.cleanup()

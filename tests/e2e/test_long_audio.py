@@ -46,7 +46,7 @@ def server(tmp: Path) -> Iterator[ServerProcess]:
 
 def spooled(tmp: Path) -> list[Path]:
     """The decoded audio the server holds now."""
-    return [path for folder in tmp.glob("open-speech-audio-*") for path in folder.iterdir()]
+    return [path for folder in tmp.glob("open-speech-server-*/audio") for path in folder.iterdir()]
 
 
 @pytest.fixture(scope="module")
