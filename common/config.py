@@ -34,6 +34,7 @@ class ListenConfig:
     port: int = 8000
     max_upload_mb: float = 100.0
     log_level: str = "info"
+    api_key: str = ""
 
 
 @dataclasses.dataclass

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import ipaddress
 import logging
+import re
 import secrets
 import time
 import uuid
+from urllib.parse import urlsplit
 
-from fastapi import HTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -18,6 +20,7 @@ from common import metrics
 from common.errors import ApiError
 
 logger = logging.getLogger("open_speech.http")
+DRAIN_FACTOR = 10  # UploadLimit reads at most this many times its limit of a body it refused
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 
@@ -54,6 +57,77 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+class RedactSecrets(logging.Filter):
+    """Keep API keys sent in a URL (`?api_key=...`, as browsers' WebSockets send them) out of the logs."""
+
+    SECRET = re.compile(r"(api_key=)[^&\s\"]+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(self.SECRET.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args)
+        return True
+
+
+class TrustedRequests:
+    """Refuse what a hostile web page could send through the user's browser, whatever the key setting:
+
+    - a `Host` that is not this server's (DNS rebinding: a page of evil.example whose name now points
+      at 127.0.0.1): allowed are the loopback names, any IP address, and `hosts` ("*": any);
+    - a cross-origin request that changes state or uploads (POST, PUT, PATCH, DELETE) or opens a
+      WebSocket: allowed are the page's own origin (the one `Host` names) and `origins` ("*": any).
+
+    Clients that are not browsers send no `Origin` and are not concerned by the second check.
+    """
+
+    UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+    LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
+
+    def __init__(self, app: ASGIApp, hosts: list[str], origins: list[str]) -> None:
+        self.app = app
+        self.hosts = self.LOOPBACK | {h.lower() for h in hosts}
+        self.origins = {o.rstrip("/").lower() for o in origins}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        host = headers.get(b"host", b"").decode("latin-1").lower()
+        origin = headers.get(b"origin", b"").decode("latin-1").rstrip("/").lower()
+        if not self._host_allowed(host):
+            why = f"Host '{host}' is not one this server answers to (see allowed_hosts)."
+        elif (
+            origin
+            and (scope["type"] == "websocket" or scope["method"] in self.UNSAFE)
+            and not self._origin_allowed(origin, host)
+        ):
+            why = f"Requests from the web page at {origin} are not allowed (see cors_origins)."
+        else:
+            await self.app(scope, receive, send)
+            return
+        logger.warning("refused: %s", why)
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008, "reason": why[:120]})
+            return
+        await ApiError(403, why, code="forbidden").response()(scope, receive, send)
+
+    def _host_allowed(self, host: str) -> bool:
+        try:
+            name = urlsplit("//" + host).hostname or ""
+        except ValueError:  # a malformed Host header
+            return False
+        if "*" in self.hosts or name in self.hosts:
+            return True
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            return False
+        return True
+
+    def _origin_allowed(self, origin: str, host: str) -> bool:
+        return "*" in self.origins or origin in self.origins or origin.split("://", 1)[-1] == host
+
+
 class BearerAuth:
     """`Authorization: Bearer <key>` on every route but /health and the web page, in OpenAI's error shape when wrong.
 
@@ -66,14 +140,20 @@ class BearerAuth:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not _public(scope["path"]) and scope["method"] != "OPTIONS":
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            if not secrets.compare_digest(given, b"Bearer " + self.key):
+            given = bearer(dict(scope["headers"]).get(b"authorization", b""))
+            if not secrets.compare_digest(given, self.key):
                 error = ApiError(
                     401, "Incorrect or missing API key: send 'Authorization: Bearer <key>'.", code="invalid_api_key"
                 )
                 await error.response()(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def bearer(authorization: bytes) -> bytes:
+    """The token of an `Authorization: Bearer <token>` header (the scheme in any case), else b""."""
+    scheme, _, token = authorization.partition(b" ")
+    return token.strip() if scheme.lower() == b"bearer" else b""
 
 
 def _public(path: str) -> bool:
@@ -98,7 +178,9 @@ class UploadLimit:
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             response = self._error().response()
+            response.headers["connection"] = "close"
             await response(scope, receive, send)
+            await self._drain(receive, int(declared))
             return
         received = 0
 
@@ -107,10 +189,20 @@ class UploadLimit:
             message = await receive()
             received += len(message.get("body", b""))
             if received > self.max_bytes:
-                raise HTTPException(413, self._error().message)
+                raise self._error()
             return message
 
         await self.app(scope, counted_receive, send)
+
+    async def _drain(self, receive: Receive, declared: int) -> None:
+        """Read (and drop) the body refused, up to `DRAIN_FACTOR` times the limit: a client sends its whole
+        body before it reads the answer, and would see the connection reset instead of the 413."""
+        left = min(declared, DRAIN_FACTOR * self.max_bytes)
+        while left > 0:
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                return
+            left -= len(message.get("body", b""))
 
     def _error(self) -> ApiError:
         limit_mb = self.max_bytes / 1_000_000

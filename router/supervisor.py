@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -70,6 +71,12 @@ class Served:
     stopping: bool = False
     config: dict = field(default_factory=dict)
     idle: asyncio.Event = field(default_factory=asyncio.Event)
+    key: str = ""  # the family server's api_key: the router sends it on every request
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """What every request to this server carries: its key."""
+        return {"authorization": f"Bearer {self.key}"} if self.key else {}
 
     def acquire(self) -> None:
         self.in_flight += 1
@@ -171,13 +178,15 @@ class Supervisor:
     started) by `load`, refused by `unload`, never expired.
     """
 
-    def __init__(self, registry: Registry, keep_alive: float, load_timeout: float, load_on_request: str) -> None:
+    def __init__(
+        self, registry: Registry, keep_alive: float, load_timeout: float, load_on_request: str, family_key: str = ""
+    ) -> None:
         self.default = registry.default
         self.keep_alive = keep_alive
         self.load_timeout = load_timeout
         self.load_on_request = load_on_request  # "wait" or "reject"
         self.servers: dict[str, ModelServer | ExternalServer] = {
-            entry.id: ExternalServer(entry) for entry in registry.models.values() if entry.external
+            entry.id: ExternalServer(entry, key=family_key) for entry in registry.models.values() if entry.external
         }
         self.loading: dict[str, asyncio.Task[ModelServer]] = {}
         self._background: set[asyncio.Task] = set()
@@ -243,10 +252,13 @@ class Supervisor:
         logger.info("loading %s: %s", entry.id, " ".join(command))
         # The router's own config file is not the family server's; OPEN_SPEECH_* options pass through.
         env = {k: v for k, v in os.environ.items() if k != "OPEN_SPEECH_CONFIG"}
+        # A key for this start alone, given through the environment (a command line is visible to every
+        # user of the machine): the family server answers only the router, whoever finds its port.
+        key = env["OPEN_SPEECH_API_KEY"] = secrets.token_urlsafe(32)
         process = await asyncio.create_subprocess_exec(
             *command, env=env, start_new_session=True, preexec_fn=_die_with_parent, stdin=asyncio.subprocess.DEVNULL
         )
-        server = ModelServer(entry, port=port, process=process)
+        server = ModelServer(entry, key=key, port=port, process=process)
         server.idle.set()
         try:
             healthy = await asyncio.wait_for(until_healthy(server.url, lambda: server.alive), self.load_timeout)
@@ -277,7 +289,7 @@ class Supervisor:
 
     async def _effective_config(self, server: ModelServer) -> dict:
         try:
-            response = await self.http.get(f"{server.url}/v1/models/{server.entry.id}")
+            response = await self.http.get(f"{server.url}/v1/models/{server.entry.id}", headers=server.headers)
             return response.json().get("config", {})
         except (httpx.HTTPError, ValueError):
             return {}
@@ -361,7 +373,7 @@ class Supervisor:
                 return server.found(
                     "loading", f"Model '{model}' is served by {url}, not ready yet ({why}); retry shortly."
                 )
-            answer = await self.http.get(f"{url}/v1/models/{model}", timeout=PROBE_TIMEOUT)
+            answer = await self.http.get(f"{url}/v1/models/{model}", headers=server.headers, timeout=PROBE_TIMEOUT)
             if answer.status_code != 200:
                 why = f"start it with --name {model}"
                 return server.found("misconfigured", f"The server at {url} does not serve model '{model}' ({why}).")

@@ -28,10 +28,19 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, Response
 from starlette.staticfiles import StaticFiles
 
-from common import metrics
+from common import metrics, scratch
 from common.config import ListenConfig, load
 from common.errors import install_error_handlers
-from common.middleware import BearerAuth, CancelOnDisconnect, RequestId, RequestIdFilter, RequestMetrics, UploadLimit
+from common.middleware import (
+    BearerAuth,
+    CancelOnDisconnect,
+    RedactSecrets,
+    RequestId,
+    RequestIdFilter,
+    RequestMetrics,
+    TrustedRequests,
+    UploadLimit,
+)
 from router.models import ModelRoutes
 from router.proxy import Proxy
 from router.realtime.endpoint import RealtimeEndpoint
@@ -48,8 +57,9 @@ class RouterConfig(ListenConfig):
     keep_alive: float = 300.0
     load_on_request: str = "wait"
     load_timeout: float = 600.0
-    api_key: str = ""
+    family_api_key: str = ""
     cors_origins: list[str] = field(default_factory=list)
+    allowed_hosts: list[str] = field(default_factory=list)
     realtime_sessions_per_key: int = 32
     realtime_max_session_seconds: float = 3600.0
     realtime_max_item_seconds: float = 60.0
@@ -63,7 +73,9 @@ class Router:
     def __init__(self, config: RouterConfig) -> None:
         self.config = config
         self.registry = Registry.load(REPO / config.registry)  # relative paths: from the repository root
-        self.supervisor = Supervisor(self.registry, config.keep_alive, config.load_timeout, config.load_on_request)
+        self.supervisor = Supervisor(
+            self.registry, config.keep_alive, config.load_timeout, config.load_on_request, config.family_api_key
+        )
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=5), limits=httpx.Limits(max_connections=None))
 
     def app(self) -> FastAPI:
@@ -93,6 +105,7 @@ class Router:
                 allow_headers=["*"],
                 expose_headers=["x-request-id"],
             )
+        app.add_middleware(TrustedRequests, hosts=[*c.allowed_hosts, c.host], origins=c.cors_origins)
         app.add_middleware(CancelOnDisconnect)
         app.add_middleware(RequestId)
         app.add_middleware(RequestMetrics, layer="router")
@@ -100,6 +113,7 @@ class Router:
 
     @asynccontextmanager
     async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
+        scratch.sweep()
         metrics.setup("router")  # before any family server starts: theirs go below the router's directory
         expiry = asyncio.create_task(self.supervisor.expire_idle())
         default = self.registry.models[self.registry.default]
@@ -137,6 +151,8 @@ def main(argv: list[str] | None = None) -> None:
     handler.addFilter(RequestIdFilter())
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"))
     logging.basicConfig(level=config.log_level.upper(), handlers=[handler])
+    for name in ("uvicorn.access", "uvicorn.error"):  # uvicorn's request lines (WebSocket ones included)
+        logging.getLogger(name).addFilter(RedactSecrets())
     app = Router(config).app()
     uvicorn.run(app, host=config.host, port=config.port, log_level=config.log_level, timeout_graceful_shutdown=30)
 

@@ -80,7 +80,7 @@ class FamilyTranscriber:
                 server.url + "/v1/audio/transcriptions",
                 data=form,
                 files={"file": ("audio.pcm", pcm, "audio/pcm;rate=16000")},
-                headers={"x-request-id": request_id.get()},
+                headers={"x-request-id": request_id.get(), **server.headers},
             )
         except httpx.TransportError as exc:
             raise server.unavailable(exc) from None

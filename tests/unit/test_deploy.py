@@ -159,7 +159,7 @@ def k8s_registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
 
 def test_every_manifest_is_named_and_namespaced() -> None:
     kinds = {m["kind"] for m in manifests()}
-    assert kinds == {"Namespace", "PersistentVolumeClaim", "ConfigMap", "Deployment", "Service"}
+    assert kinds == {"Namespace", "PersistentVolumeClaim", "ConfigMap", "Deployment", "Service", "NetworkPolicy"}
     for manifest in manifests():
         assert manifest["apiVersion"] and DNS_LABEL.fullmatch(manifest["metadata"]["name"])
         if manifest["kind"] != "Namespace":
@@ -167,6 +167,40 @@ def test_every_manifest_is_named_and_namespaced() -> None:
     for deployment in of_kind("Deployment").values():
         spec = deployment["spec"]
         assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
+
+
+def secret_env(spec: dict[str, Any], name: str) -> tuple[str, str] | None:
+    """(secret, key) that the container's variable `name` comes from."""
+    for variable in spec.get("env", []):
+        if variable["name"] == name and "valueFrom" in variable:
+            ref = variable["valueFrom"]["secretKeyRef"]
+            assert not ref.get("optional"), f"{name} must not be optional"
+            return ref["name"], ref["key"]
+    return None
+
+
+def test_family_servers_answer_only_the_router() -> None:
+    """Every family server requires the key the router sends, and only router pods may reach one."""
+    deployments = of_kind("Deployment")
+    router = deployments.pop("router")
+    shared = secret_env(container(router), "OPEN_SPEECH_FAMILY_API_KEY")
+    assert shared is not None
+    (policy,) = of_kind("NetworkPolicy").values()
+    selector = policy["spec"]["podSelector"]
+    router_labels = router["spec"]["template"]["metadata"]["labels"]
+
+    def selected(labels: dict[str, str]) -> bool:
+        excluded = {e["key"]: e["values"] for e in selector.get("matchExpressions", []) if e["operator"] == "NotIn"}
+        return selector["matchLabels"].items() <= labels.items() and not any(
+            labels.get(key) in values for key, values in excluded.items()
+        )
+
+    assert not selected(router_labels) and policy["spec"]["policyTypes"] == ["Ingress"]
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["from"] == [{"podSelector": {"matchLabels": router_labels}}]
+    for name, deployment in deployments.items():
+        assert secret_env(container(deployment), "OPEN_SPEECH_API_KEY") == shared, name
+        assert selected(deployment["spec"]["template"]["metadata"]["labels"]), name
 
 
 def test_router_registry_urls_are_services_of_family_servers_for_that_model(k8s_registry: Registry) -> None:
