@@ -11,6 +11,7 @@ worker that finds it gone stops (`Audio.read` raises `Cancelled`).
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -22,12 +23,17 @@ import numpy as np
 
 from common.errors import ApiError
 
+logger = logging.getLogger("open_speech.audio")
+
 SAMPLE_RATE = 16_000
 RAW_PCM_TYPES = frozenset({"audio/pcm", "audio/l16", "audio/x-pcm", "audio/raw", "audio/x-raw"})
 DEFAULT_RAW_RATE = 24_000  # OpenAI's pcm16 rate
 RATES = (8_000, 384_000)  # sample rates accepted in containers; raw pcm16 takes 8-48 kHz, as Realtime does
 RAW_RATES = (8_000, 48_000)
 BLOCK_BYTES = 1 << 20  # raw pcm16 is read and resampled this much at a time
+# Audio that breaks after this many seconds is transcribed up to the break (a recording cut short);
+# before, it is refused: bytes that only look like audio for a frame or two are not a recording.
+BROKEN_AFTER_SECONDS = 1.0
 
 
 class Cancelled(Exception):
@@ -186,7 +192,10 @@ def _decode_container(file: BinaryIO, spool: _Spool) -> None:
                 for out in resampler.resample(frame):
                     spool.write(out.to_ndarray().reshape(-1))
         except av.FFmpegError as exc:
-            raise _undecodable(exc) from exc
+            if spool.samples < SAMPLE_RATE * BROKEN_AFTER_SECONDS:
+                raise _undecodable(exc) from exc
+            # A recording cut short (a recorder that crashed): what decoded is transcribed, as ffmpeg would.
+            logger.warning("audio broken after %.1f s (%s): transcribing what decoded", spool.samples / 16e3, exc)
         for out in resampler.resample(None):
             spool.write(out.to_ndarray().reshape(-1))
 

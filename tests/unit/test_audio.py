@@ -119,3 +119,13 @@ def test_long_audio_is_cut_at_silences_into_windows(limits: AudioLimits) -> None
 def test_digital_silence_has_no_windows(limits: AudioLimits) -> None:
     for audio in decoded(bytes(16_000 * 2 * 90), "audio/pcm;rate=16000", limits):
         assert list(plan(audio, 30, None)) == []
+
+
+def test_a_recording_cut_short_is_decoded_up_to_the_break(limits: AudioLimits) -> None:
+    whole = LJ.path.read_bytes()
+    for audio in decoded(whole[:200_000], "audio/flac", limits):  # a recorder that crashed: a few seconds
+        assert 1 < audio.duration < 30
+        assert np.array_equal(audio.read(), decode_audio(str(LJ.path))[: audio.samples])
+    with pytest.raises(AudioError, match="could not be decoded"):  # barely a frame: not a recording
+        decode(io.BytesIO(whole[:3_000]), "audio/flac", limits)
+    assert not list(limits.spool.iterdir())
