@@ -35,6 +35,7 @@ class ListenConfig:
     max_upload_mb: float = 100.0
     log_level: str = "info"
     api_key: str = ""
+    max_connections: int = 1000
 
 
 @dataclasses.dataclass

@@ -21,6 +21,8 @@ from common.errors import ApiError
 
 logger = logging.getLogger("open_speech.http")
 DRAIN_FACTOR = 10  # UploadLimit reads at most this many times its limit of a body it refused
+GRACE_SECONDS = 30.0  # a request body may come at any pace this long, then at least ...
+MIN_BYTES_PER_SECOND = 10_000  # ... this fast on average (80 kbit/s)
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 
@@ -161,10 +163,12 @@ def _public(path: str) -> bool:
 
 
 class UploadLimit:
-    """Refuse request bodies over `max_bytes` with 413, before they are buffered.
+    """Refuse request bodies over `max_bytes` with 413, before they are buffered, and bodies that come
+    too slowly with 408.
 
     A declared Content-Length over the limit is answered at once; a body without one is counted as it
-    arrives and cut off when it passes the limit.
+    arrives and cut off when it passes the limit. After `GRACE_SECONDS`, a body must keep coming at
+    `MIN_BYTES_PER_SECOND` on average (a client sending 10 B/s would hold its connection for ever).
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
@@ -182,12 +186,19 @@ class UploadLimit:
             await response(scope, receive, send)
             await self._drain(receive, int(declared))
             return
-        received = 0
+        received, started, done = 0, time.monotonic(), False
 
         async def counted_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, done
+            if done:  # the body is whole: what comes next is the disconnect, whenever it comes
+                return await receive()
+            deadline = started + max(GRACE_SECONDS, (received + 1) / MIN_BYTES_PER_SECOND)
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                raise ApiError(408, "The request body comes too slowly.", code="upload_too_slow") from None
             received += len(message.get("body", b""))
+            done = not message.get("more_body", False)
             if received > self.max_bytes:
                 raise self._error()
             return message

@@ -31,6 +31,7 @@ from starlette.staticfiles import StaticFiles
 from common import metrics, scratch
 from common.config import ListenConfig, load
 from common.errors import install_error_handlers
+from common.http import HeaderDeadline
 from common.middleware import (
     BearerAuth,
     CancelOnDisconnect,
@@ -154,7 +155,15 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("uvicorn.access", "uvicorn.error"):  # uvicorn's request lines (WebSocket ones included)
         logging.getLogger(name).addFilter(RedactSecrets())
     app = Router(config).app()
-    uvicorn.run(app, host=config.host, port=config.port, log_level=config.log_level, timeout_graceful_shutdown=30)
+    uvicorn.run(
+        app,
+        host=config.host,
+        port=config.port,
+        log_level=config.log_level,
+        timeout_graceful_shutdown=30,
+        http=HeaderDeadline,
+        limit_concurrency=config.max_connections,
+    )
 
 
 if __name__ == "__main__":

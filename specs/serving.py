@@ -16,6 +16,7 @@ import litserve as ls
 from common import metrics, middleware, scratch
 from common.config import ServerConfig
 from common.errors import install_error_handlers
+from common.http import HeaderDeadline
 
 MAX_TMPDIR = 64  # longest temporary folder given to child processes (see `serve`)
 
@@ -91,6 +92,8 @@ def serve(
             num_api_servers=config.api_servers,
             log_level=config.log_level,
             generate_client_file=False,
+            http=HeaderDeadline,
+            limit_concurrency=config.max_connections,
         )
     finally:
         shutil.rmtree(run, ignore_errors=True)

@@ -4,7 +4,9 @@ and cross-site requests, malformed forms, keys in logs. A real router with an AP
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -198,3 +200,39 @@ def test_realtime_sessions_count_per_address_without_a_key_and_a_client_that_nev
                 return json.loads(await ws.recv())["type"]
 
         assert asyncio.run(still_serving()) == "session.created"
+
+
+def test_slow_clients_are_cut_off_and_connections_capped() -> None:
+    args = ("--preload-default", "false", "--max-connections", "5")
+    with ServerProcess("servers/router.py", *args, name="router-slow") as router:
+        address = ("127.0.0.1", router.port)
+        with socket.create_connection(address) as unfinished:  # headers that never end
+            unfinished.sendall(b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            unfinished.settimeout(60)
+            started = time.monotonic()
+            assert unfinished.recv(1024) == b""  # closed by the server
+            assert time.monotonic() - started < 60
+
+        with socket.create_connection(address) as trickle:  # a body at 10 bytes a second
+            head = f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {MULTIPART}\r\n"
+            part = f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
+            trickle.sendall(head.encode() + b"Content-Length: 100000\r\n\r\n" + part.encode())
+            trickle.settimeout(0.1)
+            answer = b""
+            for _ in range(900):
+                with contextlib.suppress(TimeoutError):
+                    trickle.sendall(b"x" * 10)
+                    answer += trickle.recv(4096)
+                if b"\r\n\r\n" in answer:
+                    break
+                time.sleep(0.9)
+            assert answer.startswith(b"HTTP/1.1 408") and b"upload_too_slow" in answer
+
+        idle = [socket.create_connection(address) for _ in range(5)]
+        try:
+            assert httpx.get(router.url + "/health").status_code == 503
+        finally:
+            for connection in idle:
+                connection.close()
+        time.sleep(0.5)
+        assert httpx.get(router.url + "/health").status_code == 200
