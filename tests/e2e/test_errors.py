@@ -117,7 +117,7 @@ def test_oversize_upload_gets_413(whisper_server: ServerProcess) -> None:
         headers={"content-type": "multipart/form-data; boundary=x"},
         timeout=60,
     )
-    assert_openai_error(response, 413, None)
+    assert_openai_error(response, 413, "file", "file_too_large")  # with its code, as when it is declared
     assert post(whisper_server, AUDIO, {"model": "whisper-1"}).json()["text"]
 
 
