@@ -51,6 +51,7 @@ class ServerConfig(ListenConfig):
     max_audio_seconds: float = 7200.0
     max_queued_audio_seconds: float = 14400.0
     queue_timeout: float = 600.0
+    hang_seconds: float = 10.0
     # What the model can do, as the router's registry declares it; unset: detected from the model.
     languages: list[str] | None = None
     translate: bool | None = None

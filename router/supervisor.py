@@ -179,12 +179,19 @@ class Supervisor:
     """
 
     def __init__(
-        self, registry: Registry, keep_alive: float, load_timeout: float, load_on_request: str, family_key: str = ""
+        self,
+        registry: Registry,
+        keep_alive: float,
+        load_timeout: float,
+        load_on_request: str,
+        family_key: str = "",
+        hang_seconds: float = 20.0,
     ) -> None:
         self.default = registry.default
         self.keep_alive = keep_alive
         self.load_timeout = load_timeout
         self.load_on_request = load_on_request  # "wait" or "reject"
+        self.hang_seconds = hang_seconds  # a server whose /health fails this long is killed, then restarted
         self.servers: dict[str, ModelServer | ExternalServer] = {
             entry.id: ExternalServer(entry, key=family_key) for entry in registry.models.values() if entry.external
         }
@@ -295,8 +302,13 @@ class Supervisor:
             return {}
 
     async def _watch(self, server: ModelServer) -> None:
-        """Notice a server that exits on its own (crash, kill -9): forget it; the next request restarts it."""
-        code = await server.process.wait()
+        """Notice a server that exits on its own (crash, kill -9) or stops answering (hung: killed here):
+        forget it; its requests in flight get 503 as their connections drop; the next request restarts it."""
+        watchdog = asyncio.create_task(self._until_hung(server))
+        try:
+            code = await server.process.wait()
+        finally:
+            watchdog.cancel()
         if not server.stopping:
             logger.error(
                 "model server %s (pid %d) exited unexpectedly with %s", server.entry.id, server.process.pid, code
@@ -304,6 +316,28 @@ class Supervisor:
             self._kill_group(server)
         if self.servers.get(server.entry.id) is server:
             del self.servers[server.entry.id]
+
+    async def _until_hung(self, server: ModelServer) -> None:
+        """Poll the server's /health (it proves its inference workers' heartbeat) and kill it once it has
+        failed for `hang_seconds`: a stopped or stuck server would otherwise hold its requests for ever."""
+        answered = time.monotonic()
+        while True:
+            await asyncio.sleep(PROBE_TIMEOUT)
+            try:
+                healthy = (await self.http.get(server.url + "/health", timeout=PROBE_TIMEOUT)).status_code == 200
+            except httpx.HTTPError:
+                healthy = False
+            if healthy:
+                answered = time.monotonic()
+            elif time.monotonic() - answered > self.hang_seconds and not server.stopping:
+                logger.error(
+                    "model server %s (pid %d) has not answered its health check for %g s: restarting it",
+                    server.entry.id,
+                    server.pid,
+                    self.hang_seconds,
+                )
+                self._kill_group(server)
+                return
 
     async def unload(self, model_id: str, drain_timeout: float = 60.0) -> bool:
         """Stop a model's server once its in-flight requests are done. False if it was not loaded."""

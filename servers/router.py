@@ -58,6 +58,7 @@ class RouterConfig(ListenConfig):
     keep_alive: float = 300.0
     load_on_request: str = "wait"
     load_timeout: float = 600.0
+    hang_seconds: float = 20.0
     family_api_key: str = ""
     cors_origins: list[str] = field(default_factory=list)
     allowed_hosts: list[str] = field(default_factory=list)
@@ -75,7 +76,12 @@ class Router:
         self.config = config
         self.registry = Registry.load(REPO / config.registry)  # relative paths: from the repository root
         self.supervisor = Supervisor(
-            self.registry, config.keep_alive, config.load_timeout, config.load_on_request, config.family_api_key
+            self.registry,
+            config.keep_alive,
+            config.load_timeout,
+            config.load_on_request,
+            config.family_api_key,
+            config.hang_seconds,
         )
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=5), limits=httpx.Limits(max_connections=None))
 

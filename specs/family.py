@@ -22,6 +22,7 @@ from common.config import ServerConfig
 from common.errors import model_failed, queue_timeout
 from common.jobs import TranscriptionJob, error_event
 from common.models import ModelCard
+from specs.heartbeat import workers_alive
 from specs.openai_audio import OpenAIAudioSpec
 
 logger = logging.getLogger("open_speech.family")
@@ -31,7 +32,18 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-class FamilyAPI(ls.LitAPI):
+class _Family(ls.LitAPI):
+    """What both bases share: the family's config, and a /health that proves the workers are alive."""
+
+    config: ServerConfig
+
+    def health(self) -> bool:
+        """Every inference worker's heartbeat is fresh (see `specs.serving.Heartbeat`): a worker stopped
+        or stuck makes /health answer 503, so that the router restarts the server."""
+        return workers_alive(self.spec.limits.spool.parent, self.config.hang_seconds)
+
+
+class FamilyAPI(_Family):
     """A LitAPI that takes `TranscriptionJob`s and streams events (see `common.jobs`).
 
     Families implement `transcribe_batch`: given the jobs LitServe batched together, yield steps,
@@ -110,7 +122,7 @@ def packed(size: int, events: list[tuple[int, dict[str, Any]]]) -> Iterator[Step
     yield from steps
 
 
-class ConcurrentFamilyAPI(ls.LitAPI):
+class ConcurrentFamilyAPI(_Family):
     """A family whose jobs each run on their own, side by side (faster-whisper: one `transcribe()` per
     job, on the model's CTranslate2 workers).
 

@@ -17,6 +17,7 @@ from common import metrics, middleware, scratch
 from common.config import ServerConfig
 from common.errors import install_error_handlers
 from common.http import HeaderDeadline
+from specs.heartbeat import Heartbeat
 
 MAX_TMPDIR = 64  # longest temporary folder given to child processes (see `serve`)
 
@@ -75,7 +76,7 @@ def serve(
         devices=int(devices) if devices.isdigit() else devices,
         workers_per_device=workers_per_device,
         timeout=config.queue_timeout,
-        callbacks=[_WorkerLogging(config.log_level)],
+        callbacks=[_WorkerLogging(config.log_level), Heartbeat(run)],
         middlewares=[
             middleware.CancelOnDisconnect,
             *([(middleware.BearerAuth, {"key": config.api_key})] if config.api_key else []),

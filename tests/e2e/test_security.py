@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
 import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 import websockets
 
@@ -236,3 +239,61 @@ def test_slow_clients_are_cut_off_and_connections_capped() -> None:
                 connection.close()
         time.sleep(0.5)
         assert httpx.get(router.url + "/health").status_code == 200
+
+
+def test_a_hung_family_server_is_answered_with_503_and_restarted(tmp_path: Path) -> None:
+    """SIGSTOP a family server's whole process tree mid-stream: its /health stops answering, the router
+    kills it after hang_seconds, the client's stream ends with an error, and the next request restarts it."""
+    long_clip = min(corpus("long"), key=lambda c: c.duration)
+    registry = write_registry(tmp_path, TINY_EN)
+    with ServerProcess(
+        "servers/router.py", "--registry", str(registry), "--hang-seconds", "4", name="router-hung"
+    ) as r:
+        (model,) = httpx.get(r.url + "/api/ps").json()["models"]
+        stopped_at: list[float] = []
+
+        def stop_the_family() -> None:
+            os.killpg(model["pid"], signal.SIGSTOP)
+            stopped_at.append(time.monotonic())
+
+        with (
+            long_clip.path.open("rb") as f,
+            httpx.stream(
+                "POST",
+                r.url + "/v1/audio/transcriptions",
+                files={"file": f},
+                data={"model": "whisper-1", "stream": "true"},
+                timeout=120,
+            ) as response,
+        ):
+            lines = response.iter_lines()
+            next(line for line in lines if line.startswith("data: {"))
+            stop_the_family()
+            last = [json.loads(line[6:]) for line in lines if line.startswith("data: {")][-1]
+        assert last["error"]["code"] == "model_unavailable"
+        assert time.monotonic() - stopped_at[0] < 60
+        assert "has not answered its health check" in r.log()
+        assert transcribe(r.url, {}).json()["text"]  # restarted
+        (restarted,) = httpx.get(r.url + "/api/ps").json()["models"]
+        assert restarted["pid"] != model["pid"]
+
+
+def test_a_standalone_family_server_reports_a_stopped_worker() -> None:
+    with ServerProcess("servers/faster_whisper.py", "--hang-seconds", "3", name="worker-stopped") as server:
+        (worker,) = [
+            p
+            for p in psutil.Process(server.process.pid).children(recursive=True)
+            if "spawn_main" in " ".join(p.cmdline())
+        ]
+        worker.suspend()
+        try:
+            deadline = time.monotonic() + 30
+            while httpx.get(server.url + "/health").status_code == 200 and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert httpx.get(server.url + "/health").status_code == 503
+        finally:
+            worker.resume()
+        deadline = time.monotonic() + 30
+        while httpx.get(server.url + "/health").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert httpx.get(server.url + "/health").status_code == 200
