@@ -151,7 +151,10 @@ def test_router_shows_its_own_metrics_and_its_family_servers(router: ServerProce
 
 
 def test_family_server_behind_the_router_shows_only_itself(router: ServerProcess) -> None:
-    samples = scrape(f"http://127.0.0.1:{family_server(router)['port']}")
+    served = family_server(router)
+    # Only the router knows the key it gave its family server; so does that server's own environment.
+    key = psutil.Process(served["pid"]).environ()["OPEN_SPEECH_API_KEY"]
+    samples = scrape(f"http://127.0.0.1:{served['port']}", headers={"Authorization": f"Bearer {key}"})
     assert_family_metrics(samples, [SHORT, SHORTER])
     assert "open_speech_router_requests_total" not in names(samples)
 
