@@ -22,8 +22,12 @@ _TYPES = {
 }
 
 
-class ApiError(Exception):
-    """An error the client should see as it is: a status, a readable message, the offending parameter."""
+class ApiError(HTTPException):
+    """An error the client should see as it is: a status, a readable message, the offending parameter.
+
+    An HTTPException, so that FastAPI lets it through as it is when it is raised while a form is read
+    (by a middleware's `receive`: UploadLimit), where it would turn any other exception into a 400.
+    """
 
     def __init__(
         self,
@@ -34,7 +38,7 @@ class ApiError(Exception):
         code: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
-        super().__init__(message)
+        super().__init__(status, message, headers)
         self.status = status
         self.message = message
         self.param = param
