@@ -224,12 +224,18 @@ class FasterWhisperAPI(ConcurrentFamilyAPI):
         # model): the batched pipeline detects one language per batch.
         group = (tuple(sorted(options.items())), None if options["language"] or self.english_only else id(job))
         pending: deque[tuple[Window, Future[tuple[TranscriptionInfo, list]]]] = deque()
-        # Twice what decodes at once is queued, so that no worker idles while the window ahead of the one
-        # it finished is still being decoded (windows are sent in order).
-        ahead = 2 * (batcher.size if batcher else self.config.parallel)
+
+        def room() -> int:
+            """Windows to keep queued. Alone, twice what decodes at once, so that no worker idles while
+            the window ahead of the one it finished is still being decoded (windows are sent in order);
+            beside other jobs, a fair share of the workers, so that a short request is not held behind."""
+            if batcher is not None:
+                return 2 * batcher.size
+            others = len(self.running) - 1
+            return 2 * self.config.parallel if others == 0 else max(1, self.config.parallel // (others + 1))
 
         def fill() -> None:
-            while len(pending) < ahead and not job.audio.cancelled:
+            while len(pending) < room() and not job.audio.cancelled:
                 window = next(windows, None)
                 if window is None:
                     return

@@ -184,8 +184,8 @@ def test_a_short_request_is_answered_while_a_long_one_is_decoded(
     whisper_server: ServerProcess, client: openai.OpenAI, tmp_path: Path
 ) -> None:
     """Requests start as they arrive (continuous batching), not when the batch ahead of them has ended."""
-    # 100 s of speech (under the test server's audio limit): its stream runs for seconds.
-    long_clip = convert(corpus("long")[0].path, tmp_path / "long.flac", "-t", "100")
+    # 230 s of speech (under the test server's audio limit): its windows keep both workers busy for seconds.
+    long_clip = convert(corpus("long")[0].path, tmp_path / "long.flac", "-t", "230")
 
     def short_request() -> float:
         assert transcribe(client, DEV[0].path).text == inprocess_text(DEV[0])
