@@ -183,8 +183,10 @@ def stream_events(
     model: str,
     timeout: float = 300,
     on_event: Callable[[], object] = lambda: None,
+    leave: bool = False,
 ) -> list[tuple[float, dict]]:
-    """POST `path` with stream=true; each SSE JSON event with the seconds since the request started."""
+    """POST `path` with stream=true; each SSE JSON event with the seconds since the request started.
+    With `leave`, the client disconnects once the first event has arrived."""
     events = []
     start = time.monotonic()
     with (
@@ -202,6 +204,8 @@ def stream_events(
             if line.startswith("data: {"):
                 events.append((time.monotonic() - start, json.loads(line[6:])))
                 on_event()
+                if leave:
+                    break
     return events
 
 

@@ -23,7 +23,7 @@ import psutil
 import pytest
 
 from tests.e2e.test_errors import assert_openai_error
-from tests.helpers import Clip, ServerProcess, beside_a_stream, corpus, wer
+from tests.helpers import Clip, ServerProcess, beside_a_stream, corpus, stream_events, wer
 
 LONG = {clip.id: clip for clip in corpus("long")}
 LJ = next(clip for clip in LONG.values() if clip.id.startswith("lj"))  # one reader, 0.4 s between sentences
@@ -177,17 +177,7 @@ def test_chunking_strategy_auto_server_vad_and_bad_values(client: openai.OpenAI,
 
 
 def test_streaming_sends_each_window_in_order(server: ServerProcess) -> None:
-    with (
-        LJ.path.open("rb") as f,
-        httpx.stream(
-            "POST",
-            server.url + "/v1/audio/transcriptions",
-            files={"file": f},
-            data={"model": "whisper-1", "stream": "true"},
-            timeout=600,
-        ) as response,
-    ):
-        events = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: {")]
+    events = [event for _, event in stream_events(server, LJ.path, "whisper-1", timeout=600)]
     deltas = [e for e in events if e["type"] == "transcript.text.delta"]
     done = events[-1]
     assert done["type"] == "transcript.text.done" and len(deltas) > 10
@@ -197,17 +187,7 @@ def test_streaming_sends_each_window_in_order(server: ServerProcess) -> None:
 
 
 def test_a_client_that_leaves_stops_its_job(server: ServerProcess, tmp: Path) -> None:
-    with (
-        LJ.path.open("rb") as f,
-        httpx.stream(
-            "POST",
-            server.url + "/v1/audio/transcriptions",
-            files={"file": f},
-            data={"model": "whisper-1", "stream": "true"},
-            timeout=600,
-        ) as response,
-    ):
-        next(line for line in response.iter_lines() if line.startswith("data: {"))  # it decodes; then we leave
+    stream_events(server, LJ.path, "whisper-1", leave=True)  # it decodes; then we leave
     deadline = time.monotonic() + 60
     while "job stopped: its client left" not in server.log() and time.monotonic() < deadline:
         time.sleep(0.2)

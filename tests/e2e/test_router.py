@@ -208,17 +208,7 @@ def test_a_client_that_leaves_stops_its_job_at_the_family_server(router: ServerP
     family server stops the job (its log, which the router's carries, says so)."""
     stopped = "job stopped: its client left"
     before = router.log_path.read_text(errors="replace").count(stopped)
-    with (
-        LONG.path.open("rb") as f,
-        httpx.stream(
-            "POST",
-            router.url + "/v1/audio/transcriptions",
-            files={"file": f},
-            data={"model": "whisper-1", "stream": "true"},
-            timeout=300,
-        ) as response,
-    ):
-        next(line for line in response.iter_lines() if line.startswith("data: {"))
+    stream_events(router, LONG.path, "whisper-1", leave=True)
     deadline = time.monotonic() + 60
     while router.log_path.read_text(errors="replace").count(stopped) == before and time.monotonic() < deadline:
         time.sleep(0.2)

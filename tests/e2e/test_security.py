@@ -19,7 +19,7 @@ import pytest
 import websockets
 
 from tests.e2e.test_errors import assert_openai_error
-from tests.helpers import TINY_EN, ServerProcess, corpus, write_registry
+from tests.helpers import TINY_EN, ServerProcess, corpus, stream_events, write_registry
 
 KEY = "sk-test-9f8e7d6c"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -253,23 +253,12 @@ def test_a_hung_family_server_is_answered_with_503_and_restarted(tmp_path: Path)
         stopped_at: list[float] = []
 
         def stop_the_family() -> None:
-            os.killpg(model["pid"], signal.SIGSTOP)
-            stopped_at.append(time.monotonic())
+            if not stopped_at:  # at the first event: the family server is decoding
+                os.killpg(model["pid"], signal.SIGSTOP)
+                stopped_at.append(time.monotonic())
 
-        with (
-            long_clip.path.open("rb") as f,
-            httpx.stream(
-                "POST",
-                r.url + "/v1/audio/transcriptions",
-                files={"file": f},
-                data={"model": "whisper-1", "stream": "true"},
-                timeout=120,
-            ) as response,
-        ):
-            lines = response.iter_lines()
-            next(line for line in lines if line.startswith("data: {"))
-            stop_the_family()
-            last = [json.loads(line[6:]) for line in lines if line.startswith("data: {")][-1]
+        events = stream_events(r, long_clip.path, "whisper-1", timeout=120, on_event=stop_the_family)
+        last = events[-1][1]
         assert last["error"]["code"] == "model_unavailable"
         assert time.monotonic() - stopped_at[0] < 60
         assert "has not answered its health check" in r.log()
