@@ -6,7 +6,7 @@ import math
 from typing import Any, Literal
 
 from common.languages import language_name
-from common.transcript import Transcript, Word
+from common.transcript import Transcript
 
 ResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json"]
 RESPONSE_FORMATS: tuple[str, ...] = ("json", "text", "srt", "vtt", "verbose_json")
@@ -18,22 +18,25 @@ def usage(duration: float) -> dict[str, Any]:
     return {"type": "duration", "seconds": math.ceil(duration)}
 
 
-def logprobs(words: list[Word]) -> list[dict[str, Any]]:
-    """OpenAI's `logprobs` entries, one per word: Whisper scores words, not sub-word tokens."""
-    return [
-        {"token": w.word, "logprob": math.log(max(w.probability or 0.0, 1e-12)), "bytes": list(w.word.encode())}
-        for w in words
-    ]
-
-
-def render_json(t: Transcript, *, include_logprobs: bool = False) -> dict[str, Any]:
-    body: dict[str, Any] = {"text": t.text, "usage": usage(t.duration)}
+def render_json(t: Transcript, *, include_logprobs: bool = False, with_languages: bool = False) -> dict[str, Any]:
+    """`logprobs` as the family scored them (tokens, or words); `languages`, when the client named
+    candidates, is the detected one (none where the family cannot tell)."""
+    body: dict[str, Any] = {"text": t.text}
     if include_logprobs:
-        body["logprobs"] = logprobs(t.words)
+        body["logprobs"] = [p.to_json() for p in t.logprobs]
+    if with_languages:
+        body["languages"] = languages(t)
+    body["usage"] = usage(t.duration)
     return body
 
 
-def render_verbose_json(t: Transcript, granularities: frozenset[str] = frozenset()) -> dict[str, Any]:
+def languages(t: Transcript) -> list[dict[str, str]]:
+    return [{"code": t.language}] if t.language else []
+
+
+def render_verbose_json(
+    t: Transcript, granularities: frozenset[str] = frozenset(), *, with_languages: bool = False
+) -> dict[str, Any]:
     """verbose_json with OpenAI's exact fields; segments unless only words were asked for."""
     body: dict[str, Any] = {
         "task": t.task,
@@ -59,6 +62,8 @@ def render_verbose_json(t: Transcript, granularities: frozenset[str] = frozenset
         ]
     if "word" in granularities:
         body["words"] = [{"word": w.word.strip(), "start": round(w.start, 3), "end": round(w.end, 3)} for w in t.words]
+    if with_languages:
+        body["languages"] = languages(t)
     body["usage"] = usage(t.duration)
     return body
 
@@ -102,12 +107,13 @@ def render(
     *,
     granularities: frozenset[str] = frozenset(),
     include_logprobs: bool = False,
+    with_languages: bool = False,
 ) -> dict[str, Any] | str:
     """The response body: a dict for the JSON formats, text for the others."""
     if response_format == "json":
-        return render_json(t, include_logprobs=include_logprobs)
+        return render_json(t, include_logprobs=include_logprobs, with_languages=with_languages)
     if response_format == "verbose_json":
-        return render_verbose_json(t, granularities)
+        return render_verbose_json(t, granularities, with_languages=with_languages)
     if response_format == "text":
         return render_text(t)
     if response_format == "srt":

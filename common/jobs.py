@@ -34,9 +34,13 @@ class TranscriptionJob:
     audio: Audio  # 16 kHz mono PCM in a file; windows are read from it
     task: Task = "transcribe"
     language: str | None = None
+    # Candidate languages (`languages[]`): the spoken language is detected among these only.
+    languages: tuple[str, ...] = ()
     prompt: str | None = None
+    keywords: tuple[str, ...] = ()  # words and phrases to favour (`keywords[]`: names, jargon)
     temperature: float | None = None  # None: the family's default (Whisper: fallback 0.0 … 1.0)
     word_timestamps: bool = False
+    logprobs: bool = False  # segments carry `Logprob`s (`include[]=logprobs`)
     stream: bool = False  # the client streams: families that can decode incrementally do so
     target_language: str | None = None  # models that translate into several languages (Canary)
     interim: bool = False  # only a Realtime turn's interim text: a family may trade accuracy for speed

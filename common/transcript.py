@@ -21,6 +21,18 @@ class Word:
 
 
 @dataclass
+class Logprob:
+    """OpenAI's `logprobs` entry: a token (or, where a family scores only words, a word) and its log
+    probability."""
+
+    token: str
+    logprob: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"token": self.token, "logprob": self.logprob, "bytes": list(self.token.encode())}
+
+
+@dataclass
 class Segment:
     """A stretch of decoded text with the fields of OpenAI's verbose_json segment."""
 
@@ -35,14 +47,21 @@ class Segment:
     compression_ratio: float = 0.0
     no_speech_prob: float = 0.0
     words: list[Word] | None = None
+    logprobs: list[Logprob] | None = None  # only when the job asked for them
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Segment:
-        words = data.get("words")
-        return cls(**{**data, "words": None if words is None else [Word(**w) for w in words]})
+        words, logprobs = data.get("words"), data.get("logprobs")
+        return cls(
+            **{
+                **data,
+                "words": None if words is None else [Word(**w) for w in words],
+                "logprobs": None if logprobs is None else [Logprob(**p) for p in logprobs],
+            }
+        )
 
 
 @dataclass
@@ -56,6 +75,10 @@ class Transcript:
     @property
     def words(self) -> list[Word]:
         return [word for segment in self.segments for word in segment.words or ()]
+
+    @property
+    def logprobs(self) -> list[Logprob]:
+        return [logprob for segment in self.segments for logprob in segment.logprobs or ()]
 
     @classmethod
     def from_segments(cls, segments: list[Segment], language: str, duration: float, task: Task) -> Transcript:

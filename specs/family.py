@@ -64,8 +64,9 @@ class FamilyAPI(_Family):
         raise NotImplementedError
 
     def spoken_language(self, job: TranscriptionJob) -> str:
-        """The spoken language: as asked, else English (these families' models do not detect it)."""
-        return job.language or "en"
+        """The spoken language: as asked, else English; none ("") among several candidates, since these
+        families' models do not tell which they heard."""
+        return job.language or ("" if job.languages else "en")
 
     def predict(self, x: TranscriptionJob | list[TranscriptionJob]) -> Iterator[Any]:
         jobs = x if isinstance(x, list) else [x]

@@ -30,7 +30,7 @@ from litserve.utils import LitAPIStatus, ResponseBufferItem, WorkerSetupStatus
 from common import metrics
 from common.audio import Audio, AudioError, AudioLimits, decode
 from common.errors import ApiError, model_failed, queue_timeout
-from common.formats import RESPONSE_FORMATS, logprobs, render, usage
+from common.formats import RESPONSE_FORMATS, render, usage
 from common.jobs import LiveStep, TranscriptionJob, read_error
 from common.languages import LANGUAGES
 from common.models import ModelCard, model_object
@@ -41,6 +41,8 @@ if TYPE_CHECKING:
     from litserve import LitAPI
 
 GRANULARITIES = frozenset({"word", "segment"})
+MAX_KEYWORDS = 100
+MAX_KEYWORD_CHARS = 100
 
 
 async def _shared_fields(
@@ -95,6 +97,10 @@ class OpenAIAudioSpec(LitSpec):
         chunking_threshold: str | None = Form(None, alias="chunking_strategy[threshold]"),
         chunking_prefix_padding_ms: str | None = Form(None, alias="chunking_strategy[prefix_padding_ms]"),
         chunking_silence_duration_ms: str | None = Form(None, alias="chunking_strategy[silence_duration_ms]"),
+        keywords: list[str] | None = Form(None, alias="keywords[]", description="Words and phrases to favour."),
+        languages: list[str] | None = Form(
+            None, alias="languages[]", description="Candidate ISO-639-1 codes: the language is detected among them."
+        ),
         interim: str | None = Form(None, include_in_schema=False),
         live_id: str | None = Form(None, include_in_schema=False),
         live_final: str | None = Form(None, include_in_schema=False),
@@ -113,6 +119,8 @@ class OpenAIAudioSpec(LitSpec):
                     "silence_duration_ms": chunking_silence_duration_ms,
                 },
             ),
+            keywords=keywords,
+            languages=languages,
             interim=interim,
             live_id=live_id,
             live_final=live_final,
@@ -143,6 +151,7 @@ class OpenAIAudioSpec(LitSpec):
         if form.model not in self.model.names:
             raise unknown_model(form.model)
         self._check_capabilities(form)
+        candidates = self._candidates(form)
         if not self._ready():
             raise ApiError(
                 503, "The model is still loading; retry shortly.", code="model_not_ready", headers={"Retry-After": "2"}
@@ -151,10 +160,13 @@ class OpenAIAudioSpec(LitSpec):
         job = TranscriptionJob(
             audio=audio,
             task=form.task,
-            language=form.language,
+            language=form.language or (candidates[0] if len(candidates) == 1 else None),
+            languages=candidates,
             prompt=form.prompt,
+            keywords=form.keywords,
             temperature=form.temperature,
-            word_timestamps="word" in form.granularities or form.logprobs,
+            word_timestamps="word" in form.granularities,
+            logprobs=form.logprobs,
             stream=form.stream,
             target_language=form.target_language,
             chunking=form.chunking,
@@ -172,7 +184,11 @@ class OpenAIAudioSpec(LitSpec):
             )
         transcript = await _collect(first, events, form.task)
         body = render(
-            transcript, form.response_format, granularities=form.granularities, include_logprobs=form.logprobs
+            transcript,
+            form.response_format,
+            granularities=form.granularities,
+            include_logprobs=form.logprobs,
+            with_languages=bool(form.languages),
         )
         if isinstance(body, dict):
             return JSONResponse(body)
@@ -215,6 +231,20 @@ class OpenAIAudioSpec(LitSpec):
             )
         if form.live is not None and not able.live:
             raise ApiError(400, f"Model '{card.id}' keeps no live streams.", param="live_id", code="unsupported_value")
+
+    def _candidates(self, form: _Form) -> tuple[str, ...]:
+        """The client's candidate languages (`languages[]`) that the model knows; 400 when it knows none."""
+        known = self.model.capabilities.languages
+        candidates = tuple(code for code in form.languages if known is None or code in known)
+        if form.languages and not candidates:
+            raise ApiError(
+                400,
+                f"Model '{self.model.id}' supports none of languages {list(form.languages)}; "
+                f"it supports: {', '.join(known or ())}.",
+                param="languages[]",
+                code="unsupported_language",
+            )
+        return candidates
 
     def _ready(self) -> bool:
         status = self._server.workers_setup_status if self._server else {}
@@ -275,7 +305,7 @@ class OpenAIAudioSpec(LitSpec):
                         "segment_id": str(segment.id),
                     }
                     if with_logprobs:
-                        payload["logprobs"] = logprobs(segment.words or [])
+                        payload["logprobs"] = [p.to_json() for p in segment.logprobs or ()]
                     yield _sse_data(payload)
             yield _sse_data({"type": "transcript.text.done", "text": emitted, "usage": usage(duration)})
         except ApiError as exc:
@@ -324,7 +354,9 @@ class _Form:
     stream: bool
     logprobs: bool
     language: str | None
+    languages: tuple[str, ...]
     prompt: str | None
+    keywords: tuple[str, ...]
     target_language: str | None
     chunking: Chunking | None
     # The router's Realtime sessions add these fields (not part of OpenAI's API): `interim=true`, the
@@ -347,6 +379,8 @@ class _Form:
         include: list[str] | None = None,
         target_language: str | None = None,
         chunking: Chunking | None = None,
+        keywords: list[str] | None = None,
+        languages: list[str] | None = None,
         interim: str | None = None,
         live_id: str | None = None,
         live_final: str | None = None,
@@ -365,6 +399,13 @@ class _Form:
                 param="response_format",
                 code="invalid_value",
             )
+        if language and languages:
+            raise ApiError(
+                400,
+                "Send either language or languages[] (candidates to detect among), not both.",
+                param="languages[]",
+                code="invalid_value",
+            )
         return cls(
             task=task,
             model=model,
@@ -374,12 +415,35 @@ class _Form:
             stream=_parse_bool(stream, "stream"),
             logprobs="logprobs" in (include or ()),
             language=_parse_language(language),
+            languages=_parse_languages(languages),
             prompt=prompt or None,
+            keywords=parse_keywords(keywords),
             target_language=_parse_language(target_language, "target_language"),
             chunking=chunking,
             interim=_parse_bool(interim, "interim"),
             live=None if live_id is None else LiveStep(live_id, _parse_bool(live_final, "live_final")),
         )
+
+
+def parse_keywords(values: list[str] | None, param: str = "keywords[]") -> tuple[str, ...]:
+    """OpenAI's rule: each keyword a single-line literal without `<` or `>`; one bad keyword fails the
+    request. Also bounded here (`MAX_KEYWORDS` of at most `MAX_KEYWORD_CHARS`), so a request cannot make
+    the decoder's prompt or boosting graph as large as it likes."""
+    keywords = tuple(dict.fromkeys(value.strip() for value in values or ()))
+    if len(keywords) > MAX_KEYWORDS:
+        raise ApiError(
+            400, f"Too many keywords ({len(keywords)}); at most {MAX_KEYWORDS}.", param=param, code="invalid_value"
+        )
+    for keyword in keywords:
+        if not keyword or len(keyword) > MAX_KEYWORD_CHARS or any(c in "<>" or not c.isprintable() for c in keyword):
+            raise ApiError(
+                400,
+                f"Invalid keyword {keyword!r}: each must be 1 to {MAX_KEYWORD_CHARS} characters on one line, "
+                "without '<', '>' or control characters.",
+                param=param,
+                code="invalid_value",
+            )
+    return keywords
 
 
 def _parse_temperature(value: str | None) -> float | None:
@@ -420,8 +484,10 @@ def _parse_bool(value: str | None, name: str) -> bool:
 
 
 def _parse_language(value: str | None, param: str = "language") -> str | None:
-    if not value:
-        return None
+    return _language_code(value, param) if value else None
+
+
+def _language_code(value: str, param: str) -> str:
     code = value.strip().lower()
     if code not in LANGUAGES:
         raise ApiError(
@@ -431,6 +497,11 @@ def _parse_language(value: str | None, param: str = "language") -> str | None:
             code="invalid_language",
         )
     return code
+
+
+def _parse_languages(values: list[str] | None) -> tuple[str, ...]:
+    """Candidate languages, each an ISO-639-1 code, in the client's order without repeats."""
+    return tuple(dict.fromkeys(_language_code(value, "languages[]") for value in values or ()))
 
 
 def unknown_model(model: str) -> ApiError:
