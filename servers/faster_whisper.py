@@ -26,6 +26,7 @@ import functools
 import itertools
 import json
 import logging
+import math
 import os
 import sys
 import threading
@@ -47,7 +48,7 @@ from common.config import ServerConfig, load
 from common.errors import ApiError
 from common.jobs import TranscriptionJob, error_event, info_event, segment_event
 from common.models import Capabilities, ModelCard
-from common.transcript import Segment, Word
+from common.transcript import Logprob, Segment, Word
 from common.windows import Window, plan
 from specs.family import ConcurrentFamilyAPI
 from specs.serving import configure_logging, serve
@@ -178,14 +179,15 @@ class FasterWhisperAPI(ConcurrentFamilyAPI):
     def transcribe_job(self, job: TranscriptionJob) -> Iterator[dict[str, Any]]:
         model = self.interim_model if job.interim else self.model
         options = {
-            "language": job.language,
+            "language": job.language or self._detected(model, job),
             "task": job.task,
             "initial_prompt": job.prompt,
+            "hotwords": ", ".join(job.keywords) or None,
             "temperature": FALLBACK_TEMPERATURES if job.temperature is None else job.temperature,
             # Interim text of a Realtime turn: greedy and without timestamp tokens, about twice as fast.
             "beam_size": 1 if job.interim else self.config.beam_size,
             "without_timestamps": job.interim,
-            "word_timestamps": job.word_timestamps,
+            "word_timestamps": job.word_timestamps or job.logprobs,  # Whisper scores words as it aligns them
             "vad_filter": self.config.vad_filter,
             "condition_on_previous_text": self.config.condition_on_previous_text,
         }
@@ -196,12 +198,21 @@ class FasterWhisperAPI(ConcurrentFamilyAPI):
                     started = True
                     yield info_event(info.language, job.duration)
                 for s in segments:
-                    yield segment_event(_segment(s, number, window))
+                    yield segment_event(_segment(s, number, window, job.logprobs))
                     number += 1
             if not started:  # no speech at all: nothing was decoded
                 yield info_event(job.language or "en", job.duration)
         except ValueError as exc:
             yield error_event(ApiError(400, str(exc), code="invalid_request"))
+
+    def _detected(self, model: faster_whisper.WhisperModel, job: TranscriptionJob) -> str | None:
+        """Among several candidate languages (`languages[]`), the one Whisper finds most probable in the
+        first speech of the audio; None (Whisper detects among all it knows) without candidates."""
+        if len(job.languages) < 2 or self.english_only:
+            return None
+        first = job.audio.read(0, int(WINDOW_SECONDS * SAMPLE_RATE))
+        probability = dict(model.detect_language(first, vad_filter=True)[2])
+        return max(job.languages, key=lambda code: probability.get(code, 0.0))
 
     def _windows(
         self, model: faster_whisper.WhisperModel, job: TranscriptionJob, options: dict[str, Any]
@@ -361,10 +372,12 @@ def at_lowest_priority(make: Callable[[], T]) -> T:
         return thread.submit(make).result()
 
 
-def _segment(s: faster_whisper.transcribe.Segment, number: int, window: Window) -> Segment:
+def _segment(s: faster_whisper.transcribe.Segment, number: int, window: Window, logprobs: bool) -> Segment:
     """faster-whisper's segment as OpenAI's, numbered from 0 across windows, at its place in the audio.
 
     Times are clamped to the window: Whisper may place a last timestamp past the end of the audio it saw.
+    Log probabilities are per word: faster-whisper gives a word's probability (its tokens' mean), not the
+    tokens'.
     """
 
     def at(seconds: float) -> float:
@@ -383,6 +396,7 @@ def _segment(s: faster_whisper.transcribe.Segment, number: int, window: Window) 
         compression_ratio=s.compression_ratio,
         no_speech_prob=s.no_speech_prob,
         words=words,
+        logprobs=[Logprob(w.word, math.log(max(w.probability, 1e-12))) for w in s.words or ()] if logprobs else None,
     )
 
 
