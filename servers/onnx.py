@@ -47,7 +47,7 @@ from common.config import ServerConfig, load
 from common.errors import model_failed
 from common.jobs import TranscriptionJob, error_event, info_event, segment_event
 from common.models import Capabilities, ModelCard
-from common.transcript import Segment, Word
+from common.transcript import Logprob, Segment, Word
 from common.windows import plan
 from specs.family import FamilyAPI, Step, batch_or_singly, packed
 from specs.serving import configure_logging, serve
@@ -229,7 +229,7 @@ class OnnxAPI(FamilyAPI):
                     failed.add(piece.job)
                     events.append((piece.job, failure))
                     continue
-                segment = self._segment(piece, result, counts[piece.job])
+                segment = self._segment(piece, result, counts[piece.job], jobs[piece.job].logprobs)
                 if segment is not None:
                     counts[piece.job] += 1
                     events.append((piece.job, segment_event(segment)))
@@ -283,6 +283,11 @@ class OnnxAPI(FamilyAPI):
                 results[row] = result
         return results  # type: ignore[return-value]
 
+    def spoken_language(self, job: TranscriptionJob) -> str:
+        if self.kind == "aed" and not job.language and job.languages:
+            return job.languages[0]  # Canary decodes in the language it is told: the first candidate
+        return super().spoken_language(job)
+
     def _options(self, job: TranscriptionJob) -> dict[str, Any]:
         if self.kind == "aed":
             source = self.spoken_language(job)
@@ -292,23 +297,27 @@ class OnnxAPI(FamilyAPI):
             return {"language": job.language}
         return {}
 
-    def _segment(self, piece: _Piece, result: TimestampedResult, number: int) -> Segment | None:
-        """The piece's text as one segment at its place in the request's audio, with its words."""
+    def _segment(self, piece: _Piece, result: TimestampedResult, number: int, logprobs: bool) -> Segment | None:
+        """The piece's text as one segment at its place in the request's audio, with its words (and its
+        tokens' log probabilities, when asked)."""
         if not result.text.strip():
             return None
         offset, end = piece.start / SAMPLE_RATE, piece.end / SAMPLE_RATE
         words = None
         if result.timestamps is not None and result.tokens is not None:
             words = _words(result.tokens, result.timestamps, offset, end, self.frame)
-        logprobs = result.logprobs or []
+        scores = result.logprobs or []
         return Segment(
             id=number,
             start=offset,
             end=end,
             text=" " + result.text.strip(),
             # Rounded: padding in a batch moves the logits by float noise (~1e-7).
-            avg_logprob=round(float(np.mean(logprobs)), 4) if logprobs else 0.0,
+            avg_logprob=round(float(np.mean(scores)), 4) if scores else 0.0,
             words=words,
+            logprobs=[Logprob(t, round(p, 4)) for t, p in zip(result.tokens or (), scores, strict=False)]
+            if logprobs
+            else None,
         )
 
 
