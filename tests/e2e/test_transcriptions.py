@@ -14,6 +14,7 @@ import openai
 import pytest
 from faster_whisper import WhisperModel, decode_audio
 
+from common.models import OPENAI_MODEL_IDS
 from servers.faster_whisper import FALLBACK_TEMPERATURES, model_path
 from tests.helpers import SEGMENT_FIELDS, Clip, ServerProcess, beside_a_stream, convert, corpus, normalize, wer
 
@@ -135,7 +136,7 @@ def test_english_only_model_refuses_to_translate(client: openai.OpenAI) -> None:
 
 def test_models(client: openai.OpenAI) -> None:
     ids = [m.id for m in client.models.list()]
-    assert ids == ["tiny.en", "whisper-1"]
+    assert ids == ["tiny.en", *OPENAI_MODEL_IDS]
     assert client.models.retrieve("whisper-1").model_dump()["root"] == "tiny.en"
 
 
