@@ -35,20 +35,26 @@ class ModelRoutes:
 
     # ---- /v1/models ---------------------------------------------------------------------------
     async def list_models(self) -> dict[str, Any]:
-        return {"object": "list", "data": [self._model_object(e) for e in self.registry.models.values()]}
+        """Every name a client may send, aliases too (clients check that the id they use is listed); an
+        alias's `root` is the model it stands for."""
+        return {
+            "object": "list",
+            "data": [self._model_object(e, name) for e in self.registry.models.values() for name in e.names],
+        }
 
     async def get_model(self, model: str) -> dict[str, Any]:
         entry = self.registry.entry(model)
         server = self.supervisor.servers.get(entry.id)
-        details = self._model_object(entry)
+        details = self._model_object(entry, model)
         details["config"] = server.config if server else {"source": entry.source, **entry.options}
         return details
 
-    def _model_object(self, entry: ModelEntry) -> dict[str, Any]:
+    def _model_object(self, entry: ModelEntry, name: str) -> dict[str, Any]:
         return model_object(
-            entry.id,
+            name,
             entry.family,
             entry.capabilities,
+            root=entry.id,
             source=entry.source,
             aliases=list(entry.aliases),
             description=entry.description,
@@ -65,6 +71,7 @@ class ModelRoutes:
         expires = self.supervisor.expires_at(server)
         return {
             "id": server.entry.id,
+            "names": list(server.entry.names),
             "family": server.entry.family,
             "pid": server.pid,
             "port": server.port,

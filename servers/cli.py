@@ -340,7 +340,8 @@ def ps(client: httpx.Client, args: argparse.Namespace) -> int:
 
 
 def models(client: httpx.Client, args: argparse.Namespace) -> int:
-    return _listing(client, args, "/v1/models", "data", MODELS_COLUMNS)
+    """One row per model, its aliases in a column (/v1/models lists them as ids of their own too)."""
+    return _listing(client, args, "/v1/models", "data", MODELS_COLUMNS, lambda m: m.get("root", m["id"]) == m["id"])
 
 
 def _listing(
@@ -349,13 +350,14 @@ def _listing(
     route: str,
     key: str,
     columns: list[tuple[str, Callable[[dict[str, Any]], Any]]],
+    shown: Callable[[dict[str, Any]], bool] = lambda _: True,
 ) -> int:
-    """The server's JSON at `route` (--json), or its `key` list as a table with `columns`."""
+    """The server's JSON at `route` (--json), or the `shown` items of its `key` list as a table."""
     listed = _check(client.get(route)).json()
     if args.json:
         print(json.dumps(listed, indent=2))
         return 0
-    rows = [[cell(model) for _, cell in columns] for model in listed[key]]
+    rows = [[cell(model) for _, cell in columns] for model in listed[key] if shown(model)]
     print(_table([header for header, _ in columns], rows))
     return 0
 

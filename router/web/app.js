@@ -118,8 +118,10 @@ async function refreshModels() {
   }
   notice.hidden = true;
   const status = new Map(loaded.models.map((m) => [m.id, m.status]));
-  fillSelects(models.data, status);
-  modelsBody.replaceChildren(...models.data.map((m) => modelRow(m, status.get(m.id))));
+  // /v1/models lists aliases as ids too; rows and choices are one per model, its aliases beside it.
+  const own = models.data.filter((m) => (m.root ?? m.id) === m.id);
+  fillSelects(own, status);
+  modelsBody.replaceChildren(...own.map((m) => modelRow(m, status.get(m.id))));
   refreshHealth();
 }
 
