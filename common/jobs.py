@@ -19,6 +19,9 @@ from common.errors import ApiError
 from common.transcript import Segment, Task
 from common.windows import Chunking
 
+MAX_KEYWORDS = 100
+MAX_KEYWORD_CHARS = 100
+
 
 @dataclass(frozen=True)
 class LiveStep:
@@ -70,3 +73,24 @@ def error_event(error: ApiError) -> dict[str, Any]:
 def read_error(event: dict[str, Any]) -> ApiError:
     """The `ApiError` an error event carries."""
     return ApiError(**{key: value for key, value in event.items() if key != "event"})
+
+
+def parse_keywords(values: list[str] | None, param: str = "keywords[]") -> tuple[str, ...]:
+    """OpenAI's rule: each keyword a single-line literal without `<` or `>`; one bad keyword fails the
+    request. Also bounded here (`MAX_KEYWORDS` of at most `MAX_KEYWORD_CHARS`), so a request cannot make
+    the decoder's prompt or boosting graph as large as it likes."""
+    keywords = tuple(dict.fromkeys(value.strip() for value in values or ()))
+    if len(keywords) > MAX_KEYWORDS:
+        raise ApiError(
+            400, f"Too many keywords ({len(keywords)}); at most {MAX_KEYWORDS}.", param=param, code="invalid_value"
+        )
+    for keyword in keywords:
+        if not keyword or len(keyword) > MAX_KEYWORD_CHARS or any(c in "<>" or not c.isprintable() for c in keyword):
+            raise ApiError(
+                400,
+                f"Invalid keyword {keyword!r}: each must be 1 to {MAX_KEYWORD_CHARS} characters on one line, "
+                "without '<', '>' or control characters.",
+                param=param,
+                code="invalid_value",
+            )
+    return keywords

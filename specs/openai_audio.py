@@ -31,7 +31,7 @@ from common import metrics
 from common.audio import Audio, AudioError, AudioLimits, decode
 from common.errors import ApiError, model_failed, queue_timeout
 from common.formats import RESPONSE_FORMATS, render, usage
-from common.jobs import LiveStep, TranscriptionJob, read_error
+from common.jobs import LiveStep, TranscriptionJob, parse_keywords, read_error
 from common.languages import LANGUAGES
 from common.models import ModelCard, model_object
 from common.transcript import Segment, Task, Transcript, join_text
@@ -41,8 +41,6 @@ if TYPE_CHECKING:
     from litserve import LitAPI
 
 GRANULARITIES = frozenset({"word", "segment"})
-MAX_KEYWORDS = 100
-MAX_KEYWORD_CHARS = 100
 
 
 async def _shared_fields(
@@ -423,27 +421,6 @@ class _Form:
             interim=_parse_bool(interim, "interim"),
             live=None if live_id is None else LiveStep(live_id, _parse_bool(live_final, "live_final")),
         )
-
-
-def parse_keywords(values: list[str] | None, param: str = "keywords[]") -> tuple[str, ...]:
-    """OpenAI's rule: each keyword a single-line literal without `<` or `>`; one bad keyword fails the
-    request. Also bounded here (`MAX_KEYWORDS` of at most `MAX_KEYWORD_CHARS`), so a request cannot make
-    the decoder's prompt or boosting graph as large as it likes."""
-    keywords = tuple(dict.fromkeys(value.strip() for value in values or ()))
-    if len(keywords) > MAX_KEYWORDS:
-        raise ApiError(
-            400, f"Too many keywords ({len(keywords)}); at most {MAX_KEYWORDS}.", param=param, code="invalid_value"
-        )
-    for keyword in keywords:
-        if not keyword or len(keyword) > MAX_KEYWORD_CHARS or any(c in "<>" or not c.isprintable() for c in keyword):
-            raise ApiError(
-                400,
-                f"Invalid keyword {keyword!r}: each must be 1 to {MAX_KEYWORD_CHARS} characters on one line, "
-                "without '<', '>' or control characters.",
-                param=param,
-                code="invalid_value",
-            )
-    return keywords
 
 
 def _parse_temperature(value: str | None) -> float | None:

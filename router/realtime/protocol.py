@@ -13,6 +13,8 @@ import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from common.errors import ApiError
+from common.jobs import parse_keywords
 from router.realtime.audio import InputFormat
 from router.realtime.vad import TurnDetection
 
@@ -31,12 +33,15 @@ class SessionConfig:
     model: str | None = None
     language: str | None = None
     prompt: str | None = None
+    keywords: tuple[str, ...] = ()
+    delay: str | None = None  # live transcription's latency choice: echoed (interim text comes every `interim_seconds`)
     turn_detection: TurnDetection | None = field(default_factory=TurnDetection)
     noise_reduction: Any = None  # echoed back; audio is not denoised
     include: tuple[str, ...] = ()
 
     def updated(self, event: dict[str, Any]) -> SessionConfig:
-        """This config with a `session.update` / `transcription_session.update` applied."""
+        """This config with a `session.update` / `transcription_session.update` applied; `ApiError` for
+        invalid keywords, which reject the whole update, as OpenAI's."""
         session = event.get("session")
         if not isinstance(session, dict):
             return self
@@ -72,6 +77,8 @@ class SessionConfig:
             model=_text(value.get("model")) or self.model,
             language=_text(value.get("language")) if "language" in value else self.language,
             prompt=_text(value.get("prompt")) if "prompt" in value else self.prompt,
+            keywords=_keywords(value["keywords"]) if "keywords" in value else self.keywords,
+            delay=_text(value.get("delay")) if "delay" in value else self.delay,
         )
 
     def _include(self, session: dict[str, Any]) -> SessionConfig:
@@ -82,7 +89,13 @@ class SessionConfig:
 
     # ---- what the server says back ----------------------------------------------------------
     def render(self) -> dict[str, Any]:
-        transcription = {"model": self.model, "language": self.language, "prompt": self.prompt or ""}
+        transcription = {
+            "model": self.model,
+            "language": self.language,
+            "prompt": self.prompt or "",
+            "keywords": list(self.keywords),
+            **({"delay": self.delay} if self.delay else {}),
+        }
         turn = self.turn_detection
         turn_detection = (
             None
@@ -146,6 +159,15 @@ def _number(value: Any, default: float, low: float, high: float) -> float:
 
 def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
+
+
+def _keywords(value: Any) -> tuple[str, ...]:
+    """The transcription's `keywords`, checked as the HTTP field's are (`null`: none)."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(k, str) for k in value):
+        raise ApiError(400, "keywords must be a list of strings.", param="keywords", code="invalid_value")
+    return parse_keywords(value, "keywords")
 
 
 def _text(value: Any) -> str | None:

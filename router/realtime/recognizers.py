@@ -32,7 +32,15 @@ class Request:
     live_id: str | None = None  # set for incremental decoding: the worker's stream to continue
 
 
-Transcribe = Callable[[Request], Awaitable[str]]
+@dataclass(frozen=True)
+class Decoded:
+    """A family server's answer: the text, and its logprobs when the session asked for them (finals only)."""
+
+    text: str
+    logprobs: list[dict] | None = None
+
+
+Transcribe = Callable[[Request], Awaitable[Decoded]]
 
 
 class Busy(Exception):
@@ -48,7 +56,7 @@ class ItemDecoder(Protocol):
 
     def add(self, audio: np.ndarray) -> None: ...
 
-    async def interim(self, decoding: Awaitable[str] | None = None) -> str:
+    async def interim(self, decoding: Awaitable[Decoded] | None = None) -> str:
         """The text to append to what was sent so far (may be empty).
 
         `decoding`, only for speculative decoders: a `final` of the audio added so far, already under
@@ -56,7 +64,7 @@ class ItemDecoder(Protocol):
         """
         ...
 
-    async def final(self) -> str:
+    async def final(self) -> Decoded:
         """The whole transcript of the audio added so far."""
         ...
 
@@ -76,14 +84,14 @@ class Redecode:
     def add(self, audio: np.ndarray) -> None:
         self.audio.append(audio)
 
-    async def interim(self, decoding: Awaitable[str] | None = None) -> str:
+    async def interim(self, decoding: Awaitable[Decoded] | None = None) -> str:
         try:
-            text = await (decoding or self.transcribe(Request(np.concatenate(self.audio), final=False)))
+            decoded = await (decoding or self.transcribe(Request(np.concatenate(self.audio), final=False)))
         except Busy:
             return ""
-        return self._extend(text.split()[:-1])
+        return self._extend(decoded.text.split()[:-1])
 
-    async def final(self) -> str:
+    async def final(self) -> Decoded:
         return await self.transcribe(Request(np.concatenate(self.audio), final=True))
 
     def close(self, transcript: str) -> str:
@@ -112,18 +120,18 @@ class Incremental:
     def add(self, audio: np.ndarray) -> None:
         self.pending.append(audio)
 
-    async def interim(self, decoding: Awaitable[str] | None = None) -> str:
-        return self._advance(await self._step(final=False))  # never speculative: `decoding` is None
+    async def interim(self, decoding: Awaitable[Decoded] | None = None) -> str:
+        return self._advance((await self._step(final=False)).text)  # never speculative: `decoding` is None
 
-    async def final(self) -> str:
-        text = await self._step(final=True)
-        self.last = self._advance(text)
-        return text
+    async def final(self) -> Decoded:
+        decoded = await self._step(final=True)
+        self.last = self._advance(decoded.text)
+        return decoded
 
     def close(self, transcript: str) -> str:
         return self.last
 
-    async def _step(self, final: bool) -> str:
+    async def _step(self, final: bool) -> Decoded:
         """Send the audio not yet sent; the worker answers with the stream's whole text so far."""
         audio = np.concatenate(self.pending) if self.pending else np.zeros(0, np.float32)
         self.pending = []

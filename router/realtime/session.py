@@ -33,7 +33,7 @@ from common.audio import SAMPLE_RATE
 from common.errors import ApiError
 from router.realtime.audio import InputDecoder
 from router.realtime.protocol import SessionConfig, error_event, new_id
-from router.realtime.recognizers import ItemDecoder
+from router.realtime.recognizers import Decoded, ItemDecoder
 from router.realtime.vad import Boundary, TurnDetector
 
 logger = logging.getLogger("open_speech.realtime")
@@ -170,7 +170,11 @@ class Session:
         # Other event types (response.create, conversation.item.*) have no meaning for transcription.
 
     def _update(self, event: dict[str, Any]) -> None:
-        config = self.config.updated(event)
+        try:
+            config = self.config.updated(event)
+        except ApiError as exc:
+            self.send(error_event(exc.message, exc.code or "invalid_value", param=exc.param))
+            return
         if config.model != self.config.model:
             try:
                 self.decoders(config.model)
@@ -334,7 +338,7 @@ class Session:
                 if factory is None:
                     raise failure or ApiError(500, "No model to transcribe with.")
                 decoder = await factory(self.config)
-                transcript = await self._decode(item, decoder)
+                decoded = await self._decode(item, decoder)
             except Exception as exc:
                 if not isinstance(exc, ApiError):
                     logger.exception("realtime transcription failed")
@@ -344,20 +348,21 @@ class Session:
                 self.send({"type": f"{TRANSCRIPTION}.failed", "item_id": item.id, "content_index": 0, "error": error})
                 return
             await previous_completed.wait()
-            self._delta(item, decoder.close(transcript))
+            self._delta(item, decoder.close(decoded.text))
             self.send(
                 {
                     "type": f"{TRANSCRIPTION}.completed",
                     "item_id": item.id,
                     "content_index": 0,
-                    "transcript": transcript,
+                    "transcript": decoded.text,
+                    **({"logprobs": decoded.logprobs} if decoded.logprobs is not None else {}),
                     "usage": {"type": "duration", "seconds": math.ceil(item.samples / SAMPLE_RATE)},
                 }
             )
         finally:
             done.set()
 
-    async def _decode(self, item: Item, decoder: ItemDecoder) -> str:
+    async def _decode(self, item: Item, decoder: ItemDecoder) -> Decoded:
         """Feed the item's audio to `decoder` as it comes, with interim decodes; its final transcript."""
         interim: asyncio.Task | None = None
         speculation: asyncio.Task | None = None
@@ -392,7 +397,7 @@ class Session:
                 if task is not None and not task.done():
                     task.cancel()
 
-    async def _interim(self, item: Item, decoder: ItemDecoder, decoding: Awaitable[str] | None = None) -> None:
+    async def _interim(self, item: Item, decoder: ItemDecoder, decoding: Awaitable[Decoded] | None = None) -> None:
         try:
             self._delta(item, await decoder.interim(decoding))
         except ApiError as exc:

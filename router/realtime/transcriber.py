@@ -12,10 +12,12 @@ import numpy as np
 from common.errors import ApiError
 from common.middleware import request_id
 from router.realtime.protocol import SessionConfig
-from router.realtime.recognizers import Busy, Incremental, ItemDecoder, Redecode, Request
+from router.realtime.recognizers import Busy, Decoded, Incremental, ItemDecoder, Redecode, Request
 from router.realtime.session import DecoderFactory
 from router.registry import ModelEntry, Registry
 from router.supervisor import Supervisor
+
+LOGPROBS = "item.input_audio_transcription.logprobs"  # in a session's `include`: finals carry logprobs
 
 
 class FamilyTranscriber:
@@ -44,7 +46,7 @@ class FamilyTranscriber:
 
         return decoder
 
-    async def transcribe(self, entry: ModelEntry, config: SessionConfig, request: Request) -> str:
+    async def transcribe(self, entry: ModelEntry, config: SessionConfig, request: Request) -> Decoded:
         """One realtime decode on the model's family server: raw pcm16 16 kHz in, the text out.
 
         Final transcripts come first: an interim re-decode is not sent (`Busy`) while a final one of the
@@ -62,14 +64,19 @@ class FamilyTranscriber:
         finally:
             running[entry.id, kind] -= 1
 
-    async def _post(self, entry: ModelEntry, config: SessionConfig, request: Request) -> str:
+    async def _post(self, entry: ModelEntry, config: SessionConfig, request: Request) -> Decoded:
         server = await self.supervisor.server_for(entry)
         pcm = np.clip(request.audio * 32768, -32768, 32767).astype("<i2").tobytes()  # the inverse of s16 / 32768
-        form = {"model": entry.id, "response_format": "json"}
+        form: dict[str, str | list[str]] = {"model": entry.id, "response_format": "json"}
         if config.language:
             form["language"] = config.language
         if config.prompt:
             form["prompt"] = config.prompt
+        if config.keywords:
+            form["keywords[]"] = list(config.keywords)
+        logprobs = request.final and LOGPROBS in config.include
+        if logprobs:
+            form["include[]"] = "logprobs"
         if not request.final:
             form |= {"temperature": "0", "interim": "true"}  # interim text: no fallback, the family's fastest
         if request.live_id:
@@ -90,4 +97,4 @@ class FamilyTranscriber:
         if response.status_code != 200:
             error = body.get("error", {})
             raise ApiError(response.status_code, error.get("message", "Transcription failed."), code=error.get("code"))
-        return body["text"]
+        return Decoded(body["text"], body.get("logprobs") if logprobs else None)
