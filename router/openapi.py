@@ -16,8 +16,9 @@ def _text(description: str) -> dict[str, Any]:
     return {"type": "string", "description": description}
 
 
-def _array(description: str, values: list[str]) -> dict[str, Any]:
-    return {"type": "array", "items": {"type": "string", "enum": values}, "description": description}
+def _array(description: str, values: list[str] | None = None) -> dict[str, Any]:
+    items = {"type": "string", **({"enum": values} if values else {})}
+    return {"type": "array", "items": items, "description": description}
 
 
 _FIELDS: dict[str, dict[str, Any]] = {
@@ -43,6 +44,8 @@ _FIELDS: dict[str, dict[str, Any]] = {
         "default": False,
         "description": "Server-Sent Events: transcript.text.delta as text is decoded, then transcript.text.done.",
     },
+    "keywords[]": _array("Words and phrases to favour (names, jargon): up to 100, each one line without < or >."),
+    "languages[]": _array("Candidate ISO-639-1 codes: the language is detected among them (not with language)."),
     "target_language": _text("Models that translate to several languages (Canary): the output language."),
 }
 _TRANSLATION_FIELDS = ("file", "model", "prompt", "response_format", "temperature", "language", "stream")

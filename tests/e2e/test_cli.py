@@ -263,7 +263,7 @@ def test_starts_a_router_when_none_answers_and_stops_it_after(router: ServerProc
 def test_docs_describe_the_audio_form(router: ServerProcess) -> None:
     schema = httpx.get(router.url + "/openapi.json").json()
     for path, fields in (
-        ("/v1/audio/transcriptions", {"timestamp_granularities[]", "include[]"}),
+        ("/v1/audio/transcriptions", {"timestamp_granularities[]", "include[]", "keywords[]", "languages[]"}),
         ("/v1/audio/translations", set()),
     ):
         body = schema["paths"][path]["post"]["requestBody"]
