@@ -123,7 +123,12 @@ def test_routing_by_name_and_alias_to_models_with_their_own_settings(router: Ser
 
 def test_models_list(sdk: openai.OpenAI) -> None:
     models = {m.id: m.model_dump() for m in sdk.models.list()}
-    assert set(models) == {"tiny.en", "tiny-greedy", "tiny-unavailable", "pulled-tiny"}
+    assert set(models) == {"tiny.en", "whisper-1", "tiny-greedy", "fast", "tiny-unavailable", "pulled-tiny"}
+    assert (models["fast"]["root"], models["whisper-1"]["root"], models["tiny.en"]["root"]) == (
+        "tiny-greedy",
+        "tiny.en",
+        "tiny.en",
+    )
     tiny = models["tiny.en"]
     assert tiny["object"] == "model" and tiny["owned_by"] and tiny["created"]
     assert tiny["family"] == "faster-whisper" and tiny["aliases"] == ["whisper-1"]
