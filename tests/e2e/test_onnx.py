@@ -81,6 +81,23 @@ def test_results_equal_onnx_asr_in_process(server: ServerProcess, model: Path) -
         assert body["text"] == " ".join(s.text.strip() for s in expected)
 
 
+def test_logprobs_are_onnx_asr_token_log_probabilities(server: ServerProcess, model: Path) -> None:
+    """Per token, as onnx-asr gives them for the same VAD pieces (see the test above)."""
+    import onnx_asr
+    from faster_whisper import decode_audio
+
+    from servers.onnx import BundledSileroVad
+
+    asr = onnx_asr.load_model("nemo-conformer-tdt", model).with_vad(BundledSileroVad(), max_speech_duration_s=20)
+    clip = DEV[1]
+    body = post(server, clip.path, model="tiny-onnx", **{"include[]": "logprobs"}).json()
+    pieces = [s for s in asr.with_timestamps().recognize(decode_audio(str(clip.path))) if s.text.strip()]
+    assert [p["token"] for p in body["logprobs"]] == [token for s in pieces for token in s.tokens]
+    assert [p["logprob"] for p in body["logprobs"]] == pytest.approx([p for s in pieces for p in s.logprobs], abs=1e-3)
+    assert all(p["bytes"] == list(p["token"].encode()) for p in body["logprobs"])
+    assert "logprobs" not in post(server, clip.path, model="tiny-onnx").json()
+
+
 def test_timestamps_inside_the_audio_and_ordered(server: ServerProcess) -> None:
     clip = DEV[2]
     body = post(server, clip.path, model="tiny-onnx", **WORDS).json()
