@@ -107,6 +107,16 @@ def test_openai_model_ids_and_logprobs(client: openai.OpenAI) -> None:
     assert len(texts) == 1
 
 
+def test_logprobs_on_each_stream_delta(client: openai.OpenAI) -> None:
+    with DEV["LJ001-0027"].path.open("rb") as f:
+        events = list(
+            client.audio.transcriptions.create(model="gpt-4o-transcribe", file=f, stream=True, include=["logprobs"])
+        )
+    deltas = [e for e in events if e.type == "transcript.text.delta"]
+    assert deltas and all(e.logprobs for e in deltas)
+    assert "".join(p.token for e in deltas for p in e.logprobs).strip() == events[-1].text
+
+
 def test_aliases_by_their_own_names(router: ServerProcess) -> None:
     sdk = openai.OpenAI(base_url=router.url + "/v1", api_key="unused", max_retries=0)
     listed = {m.id: m.model_dump() for m in sdk.models.list()}
