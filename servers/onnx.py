@@ -182,6 +182,7 @@ class OnnxAPI(FamilyAPI):
         )
         self.asr = asr.asr  # onnx-asr's model, under its adapters: batches of padded 16 kHz arrays
         self.kind = kind_of(type(self.asr))
+        self.told_language = self.kind == "aed"
         # Seconds per encoder frame: a token's timestamp is where its frame starts.
         self.frame = getattr(self.asr, "window_step", 0.01) * getattr(self.asr, "_subsampling_factor", 8)
         self.vad = BundledSileroVad() if self.config.vad else None
@@ -282,11 +283,6 @@ class OnnxAPI(FamilyAPI):
             for row, result in zip(rows, found, strict=True):
                 results[row] = result
         return results  # type: ignore[return-value]
-
-    def spoken_language(self, job: TranscriptionJob) -> str:
-        if self.kind == "aed" and not job.language and job.languages:
-            return job.languages[0]  # Canary decodes in the language it is told: the first candidate
-        return super().spoken_language(job)
 
     def _options(self, job: TranscriptionJob) -> dict[str, Any]:
         if self.kind == "aed":

@@ -63,10 +63,15 @@ class FamilyAPI(_Family):
     def transcribe_batch(self, jobs: list[TranscriptionJob]) -> Iterator[Step]:
         raise NotImplementedError
 
+    # Whether the model decodes in the language it is told (Canary), rather than in the one it hears.
+    told_language = False
+
     def spoken_language(self, job: TranscriptionJob) -> str:
-        """The spoken language: as asked, else English; none ("") among several candidates, since these
-        families' models do not tell which they heard."""
-        return job.language or ("" if job.languages else "en")
+        """The spoken language: as asked, else English. Among candidates (`languages[]`), a model that is
+        told the language is told the first; the others do not say which they heard ("")."""
+        if job.language or not job.languages:
+            return job.language or "en"
+        return job.languages[0] if self.told_language else ""
 
     def predict(self, x: TranscriptionJob | list[TranscriptionJob]) -> Iterator[Any]:
         jobs = x if isinstance(x, list) else [x]
