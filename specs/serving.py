@@ -18,6 +18,7 @@ from common.config import ServerConfig
 from common.errors import install_error_handlers
 from common.http import HeaderDeadline
 from specs.heartbeat import Heartbeat
+from specs.transport import PipeTransport, job_queue
 
 MAX_TMPDIR = 64  # longest temporary folder given to child processes (see `serve`)
 
@@ -36,6 +37,17 @@ class _WorkerLogging(ls.Callback):
 
     def on_before_setup(self, *args: Any, **kwargs: Any) -> None:
         configure_logging(self.level)
+
+
+class _Server(ls.LitServer):
+    """LitServer with jobs and results on pipes rather than through its Manager (see `specs.transport`)."""
+
+    def _init_manager(self, num_api_servers: int) -> Any:
+        manager = super()._init_manager(num_api_servers)
+        for path in self.litapi_request_queues:
+            self.litapi_request_queues[path] = job_queue()
+        self._transport = PipeTransport.create(num_api_servers)
+        return manager
 
 
 def _stop_on_sigterm() -> None:
@@ -70,7 +82,7 @@ def serve(
         os.environ["TMPDIR"] = tempfile.tempdir = str(run)
     (spool := run / "audio").mkdir()
     api.spec.limits = dataclasses.replace(api.spec.limits, spool=spool)
-    server = ls.LitServer(
+    server = _Server(
         api,
         accelerator=accelerator,
         devices=int(devices) if devices.isdigit() else devices,
