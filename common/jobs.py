@@ -43,6 +43,9 @@ class TranscriptionJob:
     keywords: tuple[str, ...] = ()  # words and phrases to favour (`keywords[]`: names, jargon)
     temperature: float | None = None  # None: the family's default (Whisper: fallback 0.0 … 1.0)
     word_timestamps: bool = False
+    # Segment times are wanted (verbose_json, srt, vtt, words): a family that spends time computing them
+    # (NeMo) may skip them when only the text is (json, text).
+    timestamps: bool = True
     logprobs: bool = False  # segments carry `Logprob`s (`include[]=logprobs`)
     stream: bool = False  # the client streams: families that can decode incrementally do so
     target_language: str | None = None  # models that translate into several languages (Canary)

@@ -63,6 +63,7 @@ class OpenAIAudioSpec(LitSpec):
         self.model = model
         self.limits = limits
         self.admission = Admission(max_queued_seconds)
+        self._workers_ready = False
 
     @property
     def stream(self) -> bool:
@@ -164,6 +165,7 @@ class OpenAIAudioSpec(LitSpec):
             keywords=form.keywords,
             temperature=form.temperature,
             word_timestamps="word" in form.granularities,
+            timestamps=form.response_format not in ("json", "text") or "word" in form.granularities,
             logprobs=form.logprobs,
             stream=form.stream,
             target_language=form.target_language,
@@ -245,8 +247,11 @@ class OpenAIAudioSpec(LitSpec):
         return candidates
 
     def _ready(self) -> bool:
-        status = self._server.workers_setup_status if self._server else {}
-        return any(v == WorkerSetupStatus.READY for v in status.values())
+        """Whether a worker has finished its setup; asked of the Manager (a round trip) only until one has."""
+        if not self._workers_ready:
+            status = self._server.workers_setup_status if self._server else {}
+            self._workers_ready = any(v == WorkerSetupStatus.READY for v in status.values())
+        return self._workers_ready
 
     def _submit(self, job: TranscriptionJob) -> AsyncIterator[dict[str, Any]]:
         uid = uuid.uuid4()
@@ -264,9 +269,8 @@ class OpenAIAudioSpec(LitSpec):
         depth.inc()
         try:
             with self.admission.hold(job.audio.duration):
-                # The manager queue's put blocks on IPC: keep it off the event loop.
-                job_message = (self.response_queue_id, uid, time.monotonic(), job)
-                await asyncio.to_thread(self.request_queue.put, job_message)
+                # A multiprocessing queue (see `specs.serving`): its put hands the job to a feeder thread.
+                self.request_queue.put((self.response_queue_id, uid, time.monotonic(), job))
                 async for data, status in self.data_streamer(queue, event, send_status=True):
                     if status == LitAPIStatus.ERROR:
                         raise _worker_error(data)
