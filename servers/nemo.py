@@ -6,7 +6,9 @@ Serves one NeMo ASR model, from the Hugging Face cache (`from_pretrained`) or a 
 - Parakeet and other transducer (TDT, RNNT, hybrid) and CTC models: the requests LitServe batches
   together run as one padded batch through preprocessor -> encoder -> greedy batch decoding (with
   CUDA graphs on GPU), with word and segment timestamps. Audio longer than `chunk_seconds` is cut
-  into windows decoded in the same batch, their times shifted back into place.
+  into windows decoded in the same batch, their times shifted back into place. Transducers boost a
+  request's `keywords` with NeMo's per-stream biasing (a boosting tree per keyword set, in the same batch);
+  CTC models, Canary and the streaming paths ignore keywords.
 - Canary (`EncDecMultiTaskModel`): one batch with a prompt per request: `language` is the source,
   `/v1/audio/translations` targets English, the `target_language` form field any other language.
 - Cache-aware streaming models: `stream=true` requests are decoded chunk by chunk with
@@ -26,15 +28,23 @@ if __name__ == "__main__" and __spec__ is None:  # run as a script: run as the m
 
 import copy
 import logging
+import os
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import torch
 from nemo.collections.asr.models import ASRModel, EncDecCTCModel, EncDecMultiTaskModel, EncDecRNNTModel
+from nemo.collections.asr.parts.context_biasing import BoostingTreeModelConfig, GPUBoostingTreeModel
+from nemo.collections.asr.parts.context_biasing.biasing_multi_model import BiasingRequestItemConfig
+from nemo.collections.asr.parts.utils.rnnt_utils import Hypothesis
 from nemo.collections.asr.parts.utils.timestamp_utils import process_timestamp_outputs
+from nemo.collections.common.tokenizers import TokenizerSpec
+from nemo.core.utils.optional_libs import TRITON_AVAILABLE
 from nemo.utils import logging as nemo_logging
 from nemo.utils.model_utils import import_class_by_path
 from omegaconf import DictConfig, open_dict
@@ -108,6 +118,41 @@ def is_cache_aware(cfg: DictConfig) -> bool:
     return cfg.encoder.get("att_context_style") == "chunked_limited"
 
 
+def per_stream_biasing(model: ASRModel, decoding: DictConfig, device: str) -> bool:
+    """Whether the transducer's decoding can boost keywords per request: NeMo does it only in label-looping
+    greedy batch decoding. On CUDA it needs Triton, else NeMo turns CUDA graphs off for every batch."""
+    return (
+        decoding.get("strategy") == "greedy_batch"
+        and "greedy" in decoding
+        and decoding.greedy.get("loop_labels", True)
+        and getattr(model.decoder, "blank_as_pad", False)
+        and (device == "cpu" or TRITON_AVAILABLE)
+    )
+
+
+@lru_cache(maxsize=64)
+def boosting_tree(tokenizer: TokenizerSpec, keywords: tuple[str, ...]) -> GPUBoostingTreeModel | None:
+    """The boosting tree (NeMo's default scores) of the keywords the tokenizer spells without `<unk>`, whose
+    boost would make the model write ⁇; None if none. Kept: a client tends to send the same set again."""
+    unk = getattr(tokenizer, "unk_id", None)  # aggregate tokenizers have none (nor a single vocabulary)
+    spelled = [k for k in keywords if unk is None or unk not in tokenizer.text_to_ids(k)]
+    if not spelled:
+        return None
+    return GPUBoostingTreeModel.from_config(BoostingTreeModelConfig(key_phrases_list=spelled), tokenizer)
+
+
+class _BiasingRequest(Hypothesis):
+    """An empty hypothesis asking the batch decoder to boost its row with a boosting model.
+
+    The decoder merges the row's decoded hypothesis into it (`merge_`), which drops TDT token durations
+    (and so timestamps): being empty, it takes the decoded hypothesis whole instead.
+    """
+
+    def merge_(self, other: Hypothesis) -> Hypothesis:
+        vars(self).update(vars(other))
+        return self
+
+
 def model_card(config: NemoConfig, cfg: DictConfig) -> ModelCard:
     kind = kind_of(import_class_by_path(cfg.target))
     languages = tuple(lang for lang in cfg.tokenizer.get("langs", {}) if lang != "spl_tokens")
@@ -145,6 +190,7 @@ class NemoAPI(FamilyAPI):
         self.dtype = getattr(torch, self.config.dtype)
         model = load_model(self.config.model, device)
         self.kind = kind_of(type(model))
+        self.told_language = self.kind == "aed"
         # Streaming steps merge hypotheses across chunks, which fails once timestamps are computed:
         # keep the decoding without them for conformer_stream_step.
         self.stream_decoding = getattr(model, "decoding", None)
@@ -152,7 +198,11 @@ class NemoAPI(FamilyAPI):
             decoding = copy.deepcopy(model.cfg.decoding)
             with open_dict(decoding):
                 decoding.compute_timestamps = True
+                if self.kind == "transducer" and per_stream_biasing(model, decoding, device):
+                    decoding.greedy.enable_per_stream_biasing = True
             model.change_decoding_strategy(decoding, verbose=False)
+        # The transducer decoder's multi-model, where each batch's boosting trees are added (None: no keywords).
+        self.biasing = getattr(getattr(model.decoding.decoding, "decoding_computer", None), "biasing_multi_model", None)
         self.cache_aware = is_cache_aware(model.cfg)
         self.live: dict[str, LiveStream] = {}  # live streams by id, kept between requests
         if self.cache_aware:
@@ -227,7 +277,7 @@ class NemoAPI(FamilyAPI):
         for row, piece in enumerate(pieces):
             signal[row, : len(piece.audio)] = torch.from_numpy(piece.audio)
         signal, lengths = signal.to(self.device), lengths.to(self.device)
-        with torch.inference_mode():
+        with self._biasing([jobs[p.job].keywords for p in pieces]) as requests, torch.inference_mode():
             if self.kind == "aed":
                 prompts = [self._prompt(jobs[p.job]) for p in pieces]
                 return [
@@ -236,23 +286,47 @@ class NemoAPI(FamilyAPI):
                     else []
                     for p, h in zip(pieces, self._decode_aed(signal, lengths, prompts), strict=True)
                 ]
+            # NeMo's timestamps cost about as much as the greedy decoding itself: only for batches that want them.
+            timestamps = self.model.decoding.compute_timestamps = any(jobs[p.job].timestamps for p in pieces)
             mel, mel_lengths = self.model.preprocessor(input_signal=signal, length=lengths)
             encoded, encoded_lengths = self.model.encoder(audio_signal=mel.to(self.dtype), length=mel_lengths)
             if self.kind == "transducer":
                 hyps = self.model.decoding.rnnt_decoder_predictions_tensor(
-                    encoder_output=encoded, encoded_lengths=encoded_lengths, return_hypotheses=True
+                    encoder_output=encoded,
+                    encoded_lengths=encoded_lengths,
+                    return_hypotheses=True,
+                    partial_hypotheses=requests,
                 )
             else:
                 log_probs = self.model.decoder(encoder_output=encoded)
                 hyps = self.model.decoding.ctc_decoder_predictions_tensor(
                     log_probs, decoder_lengths=encoded_lengths, return_hypotheses=True
                 )
-        hyps = process_timestamp_outputs(
-            hyps, self.model.encoder.subsampling_factor, self.model.cfg.preprocessor.window_stride
-        )
+        if timestamps:
+            hyps = process_timestamp_outputs(
+                hyps, self.model.encoder.subsampling_factor, self.model.cfg.preprocessor.window_stride
+            )
         return [
             _segments(h, p.offset, p.offset + len(p.audio) / SAMPLE_RATE) for p, h in zip(pieces, hyps, strict=True)
         ]
+
+    @contextmanager
+    def _biasing(self, keywords: list[tuple[str, ...]]) -> Iterator[list[Hypothesis | None] | None]:
+        """Each row's biasing request (None: not boosted) for the transducer's batch decoder, or None for
+        no boosting at all. Each distinct keyword set's tree is in the multi-model for this batch only."""
+        if self.biasing is None or not any(keywords):
+            yield None
+            return
+        requests: dict[tuple[str, ...], BiasingRequestItemConfig] = {}
+        try:
+            for words in dict.fromkeys(k for k in keywords if k):
+                tree = boosting_tree(self.model.tokenizer, words)
+                if tree is not None:
+                    requests[words] = BiasingRequestItemConfig(multi_model_id=self.biasing.add_model(tree))
+            yield [_BiasingRequest.empty_with_biasing_cfg(requests[k]) if k in requests else None for k in keywords]
+        finally:
+            for request in requests.values():
+                request.remove_from_multi_model(self.biasing)
 
     def _decode_aed(self, signal: torch.Tensor, lengths: torch.Tensor, prompts: list[torch.Tensor]) -> list:
         """Canary: one encoder pass; decoding grouped by prompt length (prompts of a group stack)."""
@@ -355,7 +429,7 @@ def _segments(hyp: object, offset: float, end_of_audio: float) -> list[Segment]:
 
     Times are clamped to the audio: frames are 80 ms and a last token's duration can reach past the end.
     """
-    stamps = getattr(hyp, "timestamp", None) or {}
+    stamps = hyp.timestamp if isinstance(getattr(hyp, "timestamp", None), dict) else {}  # else frames, not times
 
     def at(seconds: object) -> float:
         return min(offset + float(seconds), end_of_audio)
@@ -383,6 +457,10 @@ def main(argv: list[str] | None = None) -> None:
             "servers/nemo.py needs --model: a Hugging Face id (nvidia/parakeet-tdt-0.6b-v2) or a .nemo file"
         )
     card = model_card(config, read_config(config.model))  # workers load the weights
+    # torch's OpenMP threads spin while they wait for work: between a server's batches that spinning cost
+    # several times the decoding itself (docs/benchmarks.md). The workers, started next, read this as
+    # torch loads.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     api = NemoAPI(config, card)
     serve(api, config, config.device, config.devices, config.workers_per_device)
 

@@ -58,7 +58,7 @@ def sdk(server: ServerProcess) -> openai.OpenAI:
     return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
 
 
-def post(server: ServerProcess, path: Path, route: str = "transcriptions", **data: str) -> httpx.Response:
+def post(server: ServerProcess, path: Path, route: str = "transcriptions", **data: str | list[str]) -> httpx.Response:
     with path.open("rb") as f:
         return httpx.post(f"{server.url}/v1/audio/{route}", files={"file": f}, data=data, timeout=120)
 
@@ -114,6 +114,35 @@ def test_timestamps_inside_the_audio_and_ordered(servers: dict[str, ServerProces
         for a, b in pairwise(items):
             assert 0 <= a["start"] <= a["end"] <= b["start"] + 1e-6
         assert items[-1]["end"] <= clip.duration + 0.01
+
+
+def test_keywords_boost_their_request_only(servers: dict[str, ServerProcess]) -> None:
+    """Per-stream biasing: a request's `keywords[]` pull its text toward them, with timestamps still right,
+    while the request decoded beside it in the same batch is unchanged."""
+    server, keywords = servers["tiny-tdt"], ["brown fox", "seven o'clock"]
+    boosted_clip, other_clip = DEV[0], DEV[1]
+
+    def count(text: str) -> int:
+        return sum(text.count(k) for k in keywords)
+
+    def boosted() -> dict:
+        fields = {"response_format": "verbose_json", "timestamp_granularities[]": ["word"], "keywords[]": keywords}
+        return post(server, boosted_clip.path, model="tiny-tdt", **fields).json()
+
+    def other() -> str:
+        return post(server, other_clip.path, model="tiny-tdt").json()["text"]
+
+    plain, other_alone = post(server, boosted_clip.path, model="tiny-tdt").json()["text"], other()
+    with ThreadPoolExecutor(2) as pool:  # the 0.5 s batch window puts both in one batch
+        body_future, other_future = pool.submit(boosted), pool.submit(other)
+    body, other_beside = body_future.result(), other_future.result()
+    assert count(body["text"]) > count(plain)
+    assert other_beside == other_alone
+    words = body["words"]
+    assert [w["word"] for w in words] == body["text"].split()
+    for a, b in pairwise(words):
+        assert 0 <= a["start"] <= a["end"] <= b["start"] + 1e-6
+    assert words[-1]["end"] <= boosted_clip.duration + 0.01
 
 
 def test_long_audio_is_decoded_in_windows_with_correct_times(servers: dict[str, ServerProcess]) -> None:
