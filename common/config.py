@@ -47,7 +47,7 @@ class ServerConfig(ListenConfig):
     aliases: list[str] = dataclasses.field(default_factory=list)
     device: str = "auto"
     max_batch_size: int = 8
-    api_servers: int = 1
+    api_servers: int = 0  # 0: one on CPU, one per 4 cores (at most 8) beside a GPU (see `api_servers`)
     max_audio_seconds: float = 7200.0
     max_queued_audio_seconds: float = 14400.0
     queue_timeout: float = 600.0
@@ -112,3 +112,12 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
     if hint in (int, float, str):
         return hint(value)
     raise TypeError(f"{key}: unsupported config type {hint}")
+
+
+def api_servers(config: ServerConfig, accelerator: str) -> int:
+    """API processes (each decodes uploads and relays results on one core): as configured, else one on
+    CPU, where the cores are the model's, and one per 4 cores beside a GPU, which a single one cannot keep
+    fed with short requests (docs/benchmarks.md#serving-overhead)."""
+    if config.api_servers:
+        return config.api_servers
+    return 1 if accelerator == "cpu" else max(1, min(8, (os.cpu_count() or 1) // 4))

@@ -14,7 +14,7 @@ from typing import Any
 import litserve as ls
 
 from common import metrics, middleware, scratch
-from common.config import ServerConfig
+from common.config import ServerConfig, api_servers
 from common.errors import install_error_handlers
 from common.http import HeaderDeadline
 from specs.heartbeat import Heartbeat
@@ -102,7 +102,7 @@ def serve(
         server.run(
             host=config.host,
             port=config.port,
-            num_api_servers=config.api_servers,
+            num_api_servers=api_servers(config, accelerator),
             log_level=config.log_level,
             generate_client_file=False,
             http=HeaderDeadline,
