@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing as mp
+import os
 from queue import Empty
 from typing import Any
 
@@ -40,9 +41,13 @@ class PipeTransport(MessageTransport):
     async def areceive(self, consumer_id: int | None = None, timeout: float | None = None) -> Any:
         queue = self.queues[consumer_id or 0]
         if self._readable is None:
-            # The event loop's selector is level-triggered: the callback fires while unread data waits.
+            # The event loop's poll is level-triggered: the callback fires while unread data waits.
             self._readable = asyncio.Event()
-            asyncio.get_running_loop().add_reader(queue._reader.fileno(), self._readable.set)
+            fd = queue._reader.fileno()
+            asyncio.get_running_loop().add_reader(fd, self._readable.set)
+            # uvloop (libuv) makes a polled fd non-blocking: a message still arriving would then be read in
+            # part and lost. Reads happen only once the pipe is readable, so blocking ones are short.
+            os.set_blocking(fd, True)
         while True:
             try:
                 return queue.get_nowait()
