@@ -269,7 +269,7 @@ class OpenAIAudioSpec(LitSpec):
         depth.inc()
         try:
             with self.admission.hold(job.audio.duration):
-                # A multiprocessing queue (see `specs.serving`): its put hands the job to a feeder thread.
+                # A multiprocessing queue (see `specs.transport`): its put hands the job to a feeder thread.
                 self.request_queue.put((self.response_queue_id, uid, time.monotonic(), job))
                 async for data, status in self.data_streamer(queue, event, send_status=True):
                     if status == LitAPIStatus.ERROR:
