@@ -139,7 +139,7 @@ class Session:
         stalled = asyncio.ensure_future(self.stalled.wait())
         await asyncio.wait({receiving, stalled}, return_when=asyncio.FIRST_COMPLETED)
         stalled.cancel()
-        if not receiving.done():
+        if self.stalled.is_set():  # even with a message in hand: a client that keeps sending is no excuse
             receiving.cancel()
             raise _Stalled
         return receiving.result()
