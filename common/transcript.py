@@ -18,6 +18,7 @@ class Word:
     start: float
     end: float
     probability: float | None = None
+    speaker: str | None = None  # only in diarized transcripts
 
 
 @dataclass
@@ -48,6 +49,7 @@ class Segment:
     no_speech_prob: float = 0.0
     words: list[Word] | None = None
     logprobs: list[Logprob] | None = None  # only when the job asked for them
+    speaker: str | None = None  # only in diarized transcripts
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
