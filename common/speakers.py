@@ -1,15 +1,38 @@
 """Who spoke when, shared by the diarization server and the transcription servers: the diarizer's
-`Turn`s, and the one place where a transcript's words meet them (`SpeakerSplitter`)."""
+`Turn`s (a `Diarization`), the voices a request enrols by name (`parse_known_speakers`), and the one place
+where a transcript's words meet the turns (`SpeakerSplitter`).
+
+Known speakers follow OpenAI's `known_speaker_names[]` and `known_speaker_references[]` fields: each
+reference a data URL of a short recording of that voice, checked and decoded here to the 16 kHz samples
+a diarizer compares voices on.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import bisect
+import dataclasses
+import io
 import itertools
 import string
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
+from typing import Any
 
+import numpy as np
+
+from common.audio import AudioError, AudioLimits, decode
+from common.errors import ApiError
 from common.transcript import Segment, Transcript
+
+MAX_KNOWN_SPEAKERS = 4
+MAX_NAME_CHARS = 64
+# How long each reference recording must be (seconds): OpenAI's bounds.
+MIN_REFERENCE_SECONDS = 2.0
+MAX_REFERENCE_SECONDS = 10.0
+NAMES = "known_speaker_names[]"
+REFERENCES = "known_speaker_references[]"
 
 
 @dataclass(frozen=True)
@@ -19,6 +42,38 @@ class Turn:
     start: float
     end: float
     speaker: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"start": round(self.start, 3), "end": round(self.end, 3), "speaker": self.speaker}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Turn:
+        return cls(float(data["start"]), float(data["end"]), str(data["speaker"]))
+
+
+def speakers(turns: Iterable[Turn]) -> list[str]:
+    """The speakers of `turns`, each once, in order of first appearance."""
+    return list(dict.fromkeys(turn.speaker for turn in turns))
+
+
+@dataclass(frozen=True)
+class Diarization:
+    """Who spoke when in a recording of `duration` seconds: its turns in time order. As JSON, the body of
+    `/v1/audio/diarizations` (less its `object` and `model`), with the speakers listed."""
+
+    duration: float
+    turns: tuple[Turn, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "duration": round(self.duration, 3),
+            "speakers": speakers(self.turns),
+            "turns": [turn.to_json() for turn in self.turns],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Diarization:
+        return cls(float(data["duration"]), tuple(Turn.from_json(turn) for turn in data["turns"]))
 
 
 def letters() -> Iterator[str]:
@@ -124,3 +179,81 @@ class SpeakerSplitter:
         piece = replace(segment, id=self.count, speaker=speaker, words=words)
         self.count += 1
         return piece
+
+
+@dataclass(frozen=True, eq=False)  # arrays have no single truth value to compare by
+class KnownSpeaker:
+    """A voice the client named: its name, and its reference recording as 16 kHz mono float32."""
+
+    name: str
+    audio: np.ndarray
+
+
+def parse_known_speakers(
+    names: list[str] | None, references: list[str] | None, limits: AudioLimits
+) -> tuple[KnownSpeaker, ...]:
+    """The known speakers of a request, by OpenAI's rules: at most `MAX_KNOWN_SPEAKERS`, one reference per
+    name, each reference a data URL (`data:audio/wav;base64,...`, any audio `common.audio.decode` reads) of
+    2 to 10 seconds. Names are also bounded and unique here, since they become speaker labels. Anything
+    else is a 400 naming the field at fault. Decodes through `limits`' spool folder, and leaves no file."""
+    names = [name.strip() for name in names or ()]
+    references = list(references or ())
+    if len(names) > MAX_KNOWN_SPEAKERS:
+        raise _invalid(NAMES, f"Too many known speakers ({len(names)}); at most {MAX_KNOWN_SPEAKERS}.")
+    if len(names) != len(references):
+        raise _invalid(
+            REFERENCES,
+            f"Send one {REFERENCES} per {NAMES}; got {len(names)} name(s) and {len(references)} reference(s).",
+        )
+    for name in names:
+        if not name or len(name) > MAX_NAME_CHARS or not name.isprintable():
+            raise _invalid(NAMES, f"Invalid known speaker name {name!r}: 1 to {MAX_NAME_CHARS} printable characters.")
+    if len(set(names)) < len(names):
+        raise _invalid(NAMES, "Known speaker names must be unique.")
+    return tuple(
+        KnownSpeaker(name, _reference_audio(name, reference, limits))
+        for name, reference in zip(names, references, strict=True)
+    )
+
+
+def _reference_audio(name: str, url: str, limits: AudioLimits) -> np.ndarray:
+    media_type, data = _data_url(name, url)
+    try:
+        audio = decode(io.BytesIO(data), media_type, dataclasses.replace(limits, max_seconds=MAX_REFERENCE_SECONDS))
+    except AudioError as exc:
+        if exc.code == "audio_too_long":
+            raise _bad_length(name) from None
+        raise ApiError(
+            400, f"The reference for {name!r} is not audio we can read: {exc.message}", param=REFERENCES, code=exc.code
+        ) from None
+    try:
+        if audio.duration < MIN_REFERENCE_SECONDS:
+            raise _bad_length(name)
+        return audio.read()
+    finally:
+        audio.delete()
+
+
+def _data_url(name: str, url: str) -> tuple[str, bytes]:
+    """(media type, bytes) of a base64 data URL: `data:<media type>;base64,<data>`."""
+    header, comma, payload = url.strip().partition(",")
+    if not comma or not header.startswith("data:") or not header.endswith(";base64"):
+        raise _invalid(REFERENCES, f"The reference for {name!r} is not a base64 data URL (data:audio/wav;base64,...).")
+    try:
+        data = base64.b64decode("".join(payload.split()), validate=True)
+    except binascii.Error:
+        data = b""
+    if not data:
+        raise _invalid(REFERENCES, f"The reference for {name!r} has no valid base64 data.")
+    return header.removeprefix("data:").removesuffix(";base64"), data
+
+
+def _bad_length(name: str) -> ApiError:
+    return _invalid(
+        REFERENCES,
+        f"The reference for {name!r} must be {MIN_REFERENCE_SECONDS:g} to {MAX_REFERENCE_SECONDS:g} seconds long.",
+    )
+
+
+def _invalid(param: str, message: str) -> ApiError:
+    return ApiError(400, message, param=param, code="invalid_value")
