@@ -34,6 +34,8 @@ class Capabilities:
     # Keeps a stream's state between requests (form field `live_id`): cache-aware streaming models,
     # which the router's Realtime WebSocket steps incrementally.
     live: bool = False
+    transcribe: bool = True  # serves /v1/audio/transcriptions (a diarizer does not)
+    diarize: bool = False  # serves /v1/audio/diarizations
 
     @classmethod
     def from_json(cls, model: dict[str, Any]) -> Capabilities:
@@ -44,6 +46,8 @@ class Capabilities:
             translate=bool(able.get("translate")),
             word_timestamps=bool(able.get("word_timestamps", True)),
             stream=bool(able.get("stream", True)),
+            transcribe=bool(able.get("transcribe", True)),
+            diarize=bool(able.get("diarize", False)),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -54,8 +58,14 @@ class Capabilities:
                 "translate": self.translate,
                 "stream": self.stream,
                 "word_timestamps": self.word_timestamps,
+                "transcribe": self.transcribe,
+                "diarize": self.diarize,
             },
         }
+
+
+# A diarizer: who spoke when, and no text (so none of the text options).
+DIARIZE_ONLY = Capabilities(word_timestamps=False, stream=False, transcribe=False, diarize=True)
 
 
 @dataclass(frozen=True)

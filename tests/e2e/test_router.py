@@ -133,7 +133,13 @@ def test_models_list(sdk: openai.OpenAI) -> None:
     assert tiny["object"] == "model" and tiny["owned_by"] and tiny["created"]
     assert tiny["family"] == "faster-whisper" and tiny["aliases"] == ["whisper-1"]
     assert tiny["loaded"] is True and tiny["downloaded"] is True and tiny["languages"] == ["en"]
-    assert tiny["capabilities"] == {"translate": False, "stream": True, "word_timestamps": True}
+    assert tiny["capabilities"] == {
+        "translate": False,
+        "stream": True,
+        "word_timestamps": True,
+        "transcribe": True,
+        "diarize": False,
+    }
     assert models["tiny-unavailable"]["loaded"] is False
 
 
