@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up open-speech on a fresh machine: a virtual environment in .venv with the project installed.
-#   bash .ci/setup.sh               the router and the faster-whisper family
+#   bash .ci/setup.sh               the router, the faster-whisper family and the bundled diarizer
 #   bash .ci/setup.sh nemo          plus the NVIDIA NeMo family (also: onnx, or nemo,onnx)
 #   bash .ci/setup.sh test          everything, plus what the tests need (ffmpeg, chromium, test packages)
 #   bash .ci/setup.sh cuda,onnx     NVIDIA GPU builds: CUDA 12 cuBLAS and cuDNN 9 wheels for CTranslate2,
@@ -36,6 +36,9 @@ if [[ ",$extras," == *",nemo,"* ]] && ! $cuda && ! command -v nvidia-smi >/dev/n
   "${pip[@]}" torch==2.13.0
 fi
 "${pip[@]}" -e ".${extras:+[$extras]}"
+# The bundled diarizer reads only the weights in resemblyzer's wheel, in numpy: its dependencies (torch,
+# librosa, webrtcvad) are not needed.
+"${pip[@]}" --no-deps resemblyzer==0.1.4
 if $cuda; then
   # CTranslate2 4.x loads CUDA 12's cuBLAS and cuDNN 9 by name: NVIDIA's wheels bring them (the images put
   # their folders on LD_LIBRARY_PATH; elsewhere, do the same or install CUDA 12 and cuDNN 9 system-wide).

@@ -68,9 +68,9 @@ def queue_timeout() -> ApiError:
     return ApiError(503, message, code="queue_timeout", headers={"Retry-After": "5"})
 
 
-def model_failed() -> ApiError:
-    """The model raised while decoding a request (logged where it happened)."""
-    return ApiError(500, "The model failed while transcribing this request.", code="model_error")
+def model_failed(doing: str = "transcribing") -> ApiError:
+    """The model raised while working on a request (logged where it happened)."""
+    return ApiError(500, f"The model failed while {doing} this request.", code="model_error")
 
 
 def error_body(status: int, message: str, *, param: str | None = None, code: str | None = None) -> dict[str, Any]:

@@ -31,19 +31,16 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import psutil
 from starlette.responses import Response
 
 from common import scratch
-
-if TYPE_CHECKING:
-    from common.jobs import TranscriptionJob
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
@@ -98,7 +95,7 @@ class _Metrics:
             for layer, prefix in (("server", ""), ("router", "router_"))
         }
         self.audio_seconds = Counter(
-            "open_speech_audio_seconds", "Seconds of audio transcribed or translated.", ["model", "task"]
+            "open_speech_audio_seconds", "Seconds of audio transcribed, translated or diarized.", ["model", "task"]
         )
         self.queue_depth = Gauge(
             "open_speech_queue_depth",
@@ -162,7 +159,14 @@ def queue_depth(model: str) -> Any:
 
 
 # ---- inference workers ----------------------------------------------------------------------------
-def observe_batch(model: str, jobs: list[TranscriptionJob], steps: Iterator[Any]) -> Iterator[Any]:
+class Job(Protocol):
+    """What the workers' metrics read of a job: a transcription's (`common.jobs`) or a diarization's."""
+
+    @property
+    def duration(self) -> float: ...
+
+
+def observe_batch(model: str, jobs: Sequence[Job], steps: Iterator[Any]) -> Iterator[Any]:
     """Pass a batch's steps through, recording its size, its time and each job's real-time factor.
 
     A step is a list with one entry per job (None when that job has nothing new); a job's processing
@@ -197,7 +201,7 @@ def observe_window_batch(model: str, size: int) -> None:
     _metrics().window_batch_size.labels(model).observe(size)
 
 
-def observe_job(model: str, job: TranscriptionJob, seconds: float) -> None:
+def observe_job(model: str, job: Job, seconds: float) -> None:
     """A job of a continuously batched family ended after `seconds`."""
     metrics = _metrics()
     metrics.inference_seconds.labels(model).observe(seconds)

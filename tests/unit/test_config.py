@@ -40,6 +40,7 @@ def test_unknown_yaml_keys_are_refused(tmp_path) -> None:
         ("faster_whisper", "servers.faster_whisper:FasterWhisperConfig"),
         ("nemo", "servers.nemo:NemoConfig"),
         ("onnx", "servers.onnx:OnnxConfig"),
+        ("diarization", "servers.diarization:DiarizationConfig"),
         ("router", "servers.router:RouterConfig"),
     ],
 )
