@@ -3,7 +3,8 @@
 One YAML file (configs/models.yaml) lists the models. Each entry names its family (the server script
 that runs it), its source (a Hugging Face repo id, a local path, or `bundled`), the aliases clients
 may send as `model`, what it can do, and per-model options passed to the family server as
-`--<option> value` (device, compute_type, max_batch_size, workers_per_device, ...).
+`--<option> value` (device, compute_type, max_batch_size, workers_per_device, ...). Entries of the
+diarization family are diarizers, not transcription models; the file names the default one.
 
 An entry with a `url` is served by a family server the router does not start (in Kubernetes, a
 Service in front of that server's replicas): the router proxies to it and never starts or stops it.
@@ -20,7 +21,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from common.errors import ApiError
-from common.models import Capabilities
+from common.models import DIARIZE_ONLY, Capabilities
 
 REPO = Path(__file__).resolve().parent.parent
 WEB = Path(__file__).resolve().parent / "web"  # the page the router serves at `/`, its assets under /web/
@@ -28,9 +29,11 @@ FAMILY_SCRIPTS = {
     "faster-whisper": "servers/faster_whisper.py",
     "nemo": "servers/nemo.py",
     "onnx": "servers/onnx.py",
+    "diarization": "servers/diarization.py",
 }
-# The package each family needs: installed by `bash .ci/setup.sh <extra>` (nemo, onnx).
-FAMILY_PACKAGES = {"faster-whisper": "faster_whisper", "nemo": "nemo", "onnx": "onnx_asr"}
+# The package each family needs: installed by `bash .ci/setup.sh <extra>` (nemo, onnx); resemblyzer (only
+# its weights, for the bundled diarizer) by every install.
+FAMILY_PACKAGES = {"faster-whisper": "faster_whisper", "nemo": "nemo", "onnx": "onnx_asr", "diarization": "resemblyzer"}
 
 
 @dataclass(frozen=True)
@@ -52,8 +55,15 @@ class ModelEntry:
         return bool(self.url)
 
     @property
+    def diarizes(self) -> bool:
+        """A diarizer (`/v1/audio/diarizations`), which transcribes nothing."""
+        return self.family == "diarization"
+
+    @property
     def capabilities(self) -> Capabilities:
         """As declared here; passed to the family server, which serves by it: one source for both."""
+        if self.diarizes:
+            return DIARIZE_ONLY
         return Capabilities(self.languages, self.translate, self.word_timestamps, self.stream)
 
     @property
@@ -100,8 +110,9 @@ class ModelEntry:
 
 @dataclass(frozen=True)
 class Registry:
-    default: str
+    default: str  # the transcription model loaded at start
     models: dict[str, ModelEntry]
+    diarizer: str = ""  # the diarizer that transcriptions with speakers use ("": none)
 
     def resolve(self, name: str) -> ModelEntry | None:
         """The entry whose id or alias is `name`."""
@@ -132,9 +143,12 @@ class Registry:
                 seen[name] = entry.id
             models[entry.id] = entry
         default = data.get("default", "")
-        if default not in models:
-            raise ValueError(f"{path}: the default model '{default}' is not in the registry")
-        return cls(default, models)
+        if default not in models or models[default].diarizes:
+            raise ValueError(f"{path}: the default model '{default}' is not a transcription model of the registry")
+        diarizer = data.get("diarizer", "")
+        if diarizer and (diarizer not in models or not models[diarizer].diarizes):
+            raise ValueError(f"{path}: the diarizer '{diarizer}' is not a diarization model of the registry")
+        return cls(default, models, diarizer)
 
 
 def _entry(raw: dict[str, Any], path: Path) -> ModelEntry:
