@@ -17,9 +17,12 @@ from typing import TypeVar
 
 import httpx
 import jiwer
+import numpy as np
 import yaml
+from scipy.optimize import linear_sum_assignment
 from whisper_normalizer.english import EnglishTextNormalizer
 
+from common.speakers import Turn
 from router.supervisor import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -79,6 +82,44 @@ def wer(references: list[str], hypotheses: list[str]) -> float:
     return jiwer.wer([normalize(r) for r in references], [normalize(h) or "<empty>" for h in hypotheses])
 
 
+# Diarization scoring, as NIST md-eval's `-c 0.25` (pyannote.metrics' collar=0.5) scores it.
+FRAME = 0.01  # scoring resolution, seconds
+COLLAR = 0.25  # seconds either side of a true turn's edges left out of the score
+
+
+def speaker_frames(turns: list[Turn], count: int, names: dict[str, int]) -> np.ndarray:
+    """The speaker of each of `count` frames, as its index in `names` (new speakers added; -1: nobody)."""
+    labels = np.full(count, -1)
+    for turn in turns:
+        labels[round(turn.start / FRAME) : round(turn.end / FRAME)] = names.setdefault(turn.speaker, len(names))
+    return labels
+
+
+def scored_frames(truth: list[Turn], count: int) -> np.ndarray:
+    """Frames outside the collars around every true turn's edges."""
+    mask = np.ones(count, bool)
+    for turn in truth:
+        for edge in (turn.start, turn.end):
+            mask[max(0, round((edge - COLLAR) / FRAME)) : round((edge + COLLAR) / FRAME)] = False
+    return mask
+
+
+def der(truth: list[Turn], turns: list[Turn], duration: float) -> float:
+    """The diarization error rate of `turns`: missed speech, false alarms and speaker confusion over true
+    speech, on scored frames, with the best one-to-one mapping of found speakers to true ones."""
+    count = round(duration / FRAME) + 1
+    keep = scored_frames(truth, count)
+    ref, hyp = speaker_frames(truth, count, {})[keep], speaker_frames(turns, count, {})[keep]
+    both = (ref >= 0) & (hyp >= 0)
+    overlap = np.zeros((ref.max() + 1, max(hyp.max() + 1, 1)))
+    np.add.at(overlap, (ref[both], hyp[both]), 1)
+    rows, cols = linear_sum_assignment(overlap, maximize=True)
+    missed = np.sum((ref >= 0) & (hyp < 0))
+    false_alarm = np.sum((ref < 0) & (hyp >= 0))
+    confusion = both.sum() - overlap[rows, cols].sum()
+    return float((missed + false_alarm + confusion) / np.sum(ref >= 0))
+
+
 # Registry entries (configs/models.yaml's format) for test routers.
 TINY_EN = {
     "id": "tiny.en",
@@ -89,12 +130,13 @@ TINY_EN = {
 }
 HUB_REPO = "open-speech-test/faster-whisper-tiny.en"  # the bundled tiny.en as tests/hub_standin.py serves it
 PULLED_TINY = {"id": "pulled-tiny", "family": "faster-whisper", "source": HUB_REPO, "languages": ["en"]}
+DIARIZER = {"id": "diarizer", "family": "diarization", "source": "bundled"}
 
 
-def write_registry(folder: Path, *models: dict, default: str = "tiny.en") -> Path:
+def write_registry(folder: Path, *models: dict, default: str = "tiny.en", diarizer: str = "") -> Path:
     """A registry file listing `models`, for `servers/router.py --registry`."""
     path = folder / "models.yaml"
-    path.write_text(yaml.safe_dump({"default": default, "models": list(models)}))
+    path.write_text(yaml.safe_dump({"default": default, "models": list(models), "diarizer": diarizer}))
     return path
 
 

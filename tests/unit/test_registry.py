@@ -1,0 +1,34 @@
+"""The registry: the bundled diarizer beside the transcription models."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from common.models import DIARIZE_ONLY
+from router.registry import REPO, Registry
+from tests.helpers import DIARIZER, TINY_EN, write_registry
+
+
+def test_the_shipped_registry_names_its_diarizer() -> None:
+    registry = Registry.load(REPO / "configs" / "models.yaml")
+    diarizer = registry.models[registry.diarizer]
+    assert diarizer.diarizes and diarizer.capabilities == DIARIZE_ONLY and diarizer.installed
+    assert not registry.models[registry.default].diarizes
+
+
+@pytest.mark.parametrize(
+    ("default", "diarizer", "error"), [("diarizer", "", "default model"), ("tiny.en", "tiny.en", "diarizer")]
+)
+def test_diarizers_and_transcription_models_are_not_mixed_up(
+    tmp_path: Path, default: str, diarizer: str, error: str
+) -> None:
+    path = write_registry(tmp_path, TINY_EN, DIARIZER, default=default, diarizer=diarizer)
+    with pytest.raises(ValueError, match=error):
+        Registry.load(path)
+
+
+def test_without_a_diarizer_key_there_is_none(tmp_path: Path) -> None:
+    path = tmp_path / "models.yaml"
+    path.write_text(yaml.safe_dump({"default": "tiny.en", "models": [TINY_EN, DIARIZER]}))
+    assert Registry.load(path).diarizer == ""
