@@ -6,10 +6,12 @@ import math
 from typing import Any, Literal
 
 from common.languages import language_name
-from common.transcript import Transcript
+from common.transcript import Segment, Transcript
 
-ResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json"]
-RESPONSE_FORMATS: tuple[str, ...] = ("json", "text", "srt", "vtt", "verbose_json")
+ResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json", "diarized_json"]
+RESPONSE_FORMATS: tuple[str, ...] = ("json", "text", "srt", "vtt", "verbose_json", "diarized_json")
+# The formats that can say who spoke (diarized_json always; the others when the client sends diarize=true).
+SPEAKER_FORMATS = frozenset({"diarized_json", "verbose_json", "srt", "vtt"})
 Granularity = Literal["word", "segment"]
 
 
@@ -57,15 +59,45 @@ def render_verbose_json(
                 "avg_logprob": s.avg_logprob,
                 "compression_ratio": s.compression_ratio,
                 "no_speech_prob": s.no_speech_prob,
+                **_speaker(s.speaker),
             }
             for s in t.segments
         ]
     if "word" in granularities:
-        body["words"] = [{"word": w.word.strip(), "start": round(w.start, 3), "end": round(w.end, 3)} for w in t.words]
+        body["words"] = [
+            {"word": w.word.strip(), "start": round(w.start, 3), "end": round(w.end, 3), **_speaker(w.speaker)}
+            for w in t.words
+        ]
     if with_languages:
         body["languages"] = languages(t)
     body["usage"] = usage(t.duration)
     return body
+
+
+def _speaker(speaker: str | None) -> dict[str, str]:
+    return {} if speaker is None else {"speaker": speaker}
+
+
+def diarized_segment(s: Segment) -> dict[str, Any]:
+    """OpenAI's diarized segment, also the body of a `transcript.text.segment` stream event."""
+    return {
+        "type": "transcript.text.segment",
+        "id": f"seg_{s.id}",
+        "start": round(s.start, 3),
+        "end": round(s.end, 3),
+        "text": s.text.strip(),
+        "speaker": s.speaker or "",
+    }
+
+
+def render_diarized_json(t: Transcript) -> dict[str, Any]:
+    return {
+        "task": "transcribe",
+        "duration": round(t.duration, 3),
+        "text": t.text,
+        "segments": [diarized_segment(s) for s in t.segments],
+        "usage": usage(t.duration),
+    }
 
 
 def render_text(t: Transcript) -> str:
@@ -82,8 +114,10 @@ def timestamp(seconds: float, decimal: str) -> str:
 
 
 def render_srt(t: Transcript) -> str:
+    """Speakers, where known, open their cues as `[A] `: SRT has no voice markup of its own."""
     cues = [
-        f"{i}\n{timestamp(s.start, ',')} --> {timestamp(s.end, ',')}\n{s.text.strip()}\n"
+        f"{i}\n{timestamp(s.start, ',')} --> {timestamp(s.end, ',')}\n"
+        f"{'' if s.speaker is None else f'[{s.speaker}] '}{s.text.strip()}\n"
         for i, s in enumerate(t.segments, start=1)
     ]
     return "\n".join(cues)
@@ -95,8 +129,11 @@ def vtt_escape(text: str) -> str:
 
 
 def render_vtt(t: Transcript) -> str:
+    """Speakers, where known, as WebVTT voice spans: `<v A>text`."""
     cues = [
-        f"{timestamp(s.start, '.')} --> {timestamp(s.end, '.')}\n{vtt_escape(s.text.strip())}\n" for s in t.segments
+        f"{timestamp(s.start, '.')} --> {timestamp(s.end, '.')}\n"
+        f"{'' if s.speaker is None else f'<v {vtt_escape(s.speaker)}>'}{vtt_escape(s.text.strip())}\n"
+        for s in t.segments
     ]
     return "\n".join(["WEBVTT\n", *cues])
 
@@ -120,4 +157,6 @@ def render(
         return render_srt(t)
     if response_format == "vtt":
         return render_vtt(t)
+    if response_format == "diarized_json":
+        return render_diarized_json(t)
     raise ValueError(f"unknown response_format {response_format!r}")
