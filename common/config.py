@@ -64,6 +64,16 @@ class ServerConfig(ListenConfig):
         return dataclasses.replace(detected, **{key: value for key, value in told.items() if value is not None})
 
 
+@dataclasses.dataclass
+class TranscriptionConfig(ServerConfig):
+    """Options every transcription family shares: who to ask who spoke (diarized_json, diarize=true), by
+    URL, diarizer and key. A router sets them to itself for the family servers it starts."""
+
+    diarizer_url: str = ""
+    diarizer: str = "diarizer"
+    diarizer_key: str = ""
+
+
 def load(cls: type[T], name: str, argv: list[str] | None = None) -> T:
     """Build `cls` from its defaults, then the YAML file, the environment and `argv`, later winning."""
     fields = {f.name: f for f in dataclasses.fields(cls)}

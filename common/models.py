@@ -21,6 +21,8 @@ OPENAI_MODEL_IDS = (
     "gpt-realtime-whisper",
     "gpt-live-transcribe",
 )
+# Names that diarize by default: speakers in every format that can carry them, without diarize=true.
+DIARIZING_MODEL_IDS = frozenset({"gpt-4o-transcribe-diarize"})
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ from faster_whisper.transcribe import TranscriptionInfo
 
 from common import metrics
 from common.audio import SAMPLE_RATE, Cancelled
-from common.config import ServerConfig, load
+from common.config import TranscriptionConfig, load
 from common.errors import ApiError
 from common.jobs import TranscriptionJob, error_event, info_event, segment_event
 from common.models import OPENAI_MODEL_IDS, Capabilities, ModelCard
@@ -64,7 +64,7 @@ FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
 
 @dataclass
-class FasterWhisperConfig(ServerConfig):
+class FasterWhisperConfig(TranscriptionConfig):
     model: str = BUNDLED
     aliases: list[str] = field(default_factory=lambda: list(OPENAI_MODEL_IDS))
     devices: str = "auto"

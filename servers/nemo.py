@@ -50,7 +50,7 @@ from nemo.utils.model_utils import import_class_by_path
 from omegaconf import DictConfig, open_dict
 
 from common.audio import SAMPLE_RATE
-from common.config import ServerConfig, load
+from common.config import TranscriptionConfig, load
 from common.errors import ApiError, model_failed
 from common.jobs import TranscriptionJob, error_event, info_event, segment_event
 from common.models import Capabilities, ModelCard
@@ -67,7 +67,7 @@ STREAMING_FAILED = ApiError(500, "The model failed while streaming.", code="mode
 
 
 @dataclass
-class NemoConfig(ServerConfig):
+class NemoConfig(TranscriptionConfig):
     devices: str = "auto"
     workers_per_device: int = 1
     dtype: str = "auto"

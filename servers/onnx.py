@@ -43,7 +43,7 @@ from onnx_asr.models.whisper import WhisperHf, WhisperOrt
 from onnx_asr.utils import pad_list
 
 from common.audio import SAMPLE_RATE
-from common.config import ServerConfig, load
+from common.config import TranscriptionConfig, load
 from common.errors import model_failed
 from common.jobs import TranscriptionJob, error_event, info_event, segment_event
 from common.models import Capabilities, ModelCard
@@ -61,7 +61,7 @@ WINDOW_SECONDS = 300.0
 
 
 @dataclass
-class OnnxConfig(ServerConfig):
+class OnnxConfig(TranscriptionConfig):
     model_type: str = ""
     quantization: str = ""
     threads: int = 0

@@ -18,10 +18,11 @@ from litserve.utils import LitAPIStatus
 
 from common import metrics
 from common.audio import AudioLimits, Cancelled
-from common.config import ServerConfig
+from common.config import ServerConfig, TranscriptionConfig
 from common.errors import model_failed, queue_timeout
 from common.jobs import TranscriptionJob, error_event
 from common.models import ModelCard
+from specs.diarizer import DiarizerClient
 from specs.heartbeat import workers_alive
 from specs.openai_audio import OpenAIAudioSpec
 
@@ -51,7 +52,7 @@ class FamilyAPI(_Family):
     job is finished. A failing job yields an error event; it must never fail its batch-mates.
     """
 
-    def __init__(self, config: ServerConfig, card: ModelCard) -> None:
+    def __init__(self, config: TranscriptionConfig, card: ModelCard) -> None:
         """`config` is the family's own config; it has max_batch_size and batch_timeout for LitServe."""
         super().__init__(
             spec=_spec(config, card),
@@ -84,8 +85,11 @@ class FamilyAPI(_Family):
                 yield event
 
 
-def _spec(config: ServerConfig, card: ModelCard) -> OpenAIAudioSpec:
-    return OpenAIAudioSpec(card, AudioLimits(config.max_audio_seconds), config.max_queued_audio_seconds)
+def _spec(config: TranscriptionConfig, card: ModelCard) -> OpenAIAudioSpec:
+    diarizer = None
+    if config.diarizer_url:
+        diarizer = DiarizerClient(config.diarizer_url, config.diarizer, config.diarizer_key)
+    return OpenAIAudioSpec(card, AudioLimits(config.max_audio_seconds), config.max_queued_audio_seconds, diarizer)
 
 
 def batch_or_singly(items: list[T], run: Callable[[list[T]], list[R]], what: str) -> Iterator[tuple[T, R | None]]:
@@ -139,7 +143,7 @@ class ConcurrentFamilyAPI(_Family):
     Families implement `transcribe_job`, which runs on a thread of its own and yields the job's events.
     """
 
-    def __init__(self, config: ServerConfig, card: ModelCard) -> None:
+    def __init__(self, config: TranscriptionConfig, card: ModelCard) -> None:
         """`config` is the family's own config; its max_batch_size is the most jobs running at once."""
         super().__init__(
             spec=_spec(config, card),

@@ -30,12 +30,14 @@ from litserve.utils import LitAPIStatus, ResponseBufferItem, WorkerSetupStatus
 from common import metrics
 from common.audio import Audio, AudioError, AudioLimits, decode
 from common.errors import ApiError, model_failed, queue_timeout
-from common.formats import RESPONSE_FORMATS, render, usage
+from common.formats import RESPONSE_FORMATS, SPEAKER_FORMATS, diarized_segment, render, usage
 from common.jobs import LiveStep, TranscriptionJob, parse_keywords, read_error
 from common.languages import LANGUAGES
-from common.models import ModelCard, model_object
+from common.models import DIARIZING_MODEL_IDS, ModelCard, model_object
+from common.speakers import SpeakerSplitter
 from common.transcript import Segment, Task, Transcript, join_text
 from common.windows import Chunking
+from specs.diarizer import DiarizerClient
 
 if TYPE_CHECKING:
     from litserve import LitAPI
@@ -47,7 +49,7 @@ async def _shared_fields(
     model: str = Form(..., description="A served model id or alias (see /v1/models)."),
     language: str | None = Form(None, description="ISO-639-1 code of the spoken language; detected if absent."),
     prompt: str | None = Form(None),
-    response_format: str = Form("json", description="json, text, srt, vtt or verbose_json."),
+    response_format: str = Form("json", description="json, text, srt, vtt, verbose_json or diarized_json."),
     temperature: str | None = Form(None),
     stream: str | None = Form(None),
     target_language: str | None = Form(None, description="Models that translate: the output language."),
@@ -57,11 +59,14 @@ async def _shared_fields(
 
 
 class OpenAIAudioSpec(LitSpec):
-    def __init__(self, model: ModelCard, limits: AudioLimits, max_queued_seconds: float) -> None:
+    def __init__(
+        self, model: ModelCard, limits: AudioLimits, max_queued_seconds: float, diarizer: DiarizerClient | None
+    ) -> None:
         super().__init__()
         self.api_path = "/v1/audio/transcriptions"
         self.model = model
         self.limits = limits
+        self.diarizer = diarizer  # who spoke: None where no diarization server is configured
         self.admission = Admission(max_queued_seconds)
         self._workers_ready = False
 
@@ -100,6 +105,11 @@ class OpenAIAudioSpec(LitSpec):
         languages: list[str] | None = Form(
             None, alias="languages[]", description="Candidate ISO-639-1 codes: the language is detected among them."
         ),
+        known_speaker_names: list[str] | None = Form(None, alias="known_speaker_names[]"),
+        known_speaker_references: list[str] | None = Form(
+            None, alias="known_speaker_references[]", description="Data URLs of 2-10 s of each known voice."
+        ),
+        diarize: str | None = Form(None, description="Speakers in verbose_json, srt and vtt (diarized_json has them)."),
         interim: str | None = Form(None, include_in_schema=False),
         live_id: str | None = Form(None, include_in_schema=False),
         live_final: str | None = Form(None, include_in_schema=False),
@@ -120,6 +130,9 @@ class OpenAIAudioSpec(LitSpec):
             ),
             keywords=keywords,
             languages=languages,
+            diarize=diarize,
+            known_speaker_names=known_speaker_names,
+            known_speaker_references=known_speaker_references,
             interim=interim,
             live_id=live_id,
             live_final=live_final,
@@ -155,7 +168,16 @@ class OpenAIAudioSpec(LitSpec):
             raise ApiError(
                 503, "The model is still loading; retry shortly.", code="model_not_ready", headers={"Retry-After": "2"}
             )
+        if form.speakers and self.diarizer is None:
+            raise ApiError(
+                400,
+                "Speakers need a diarizer, and this server has none: send the request through the router, or "
+                "start this server with --diarizer-url.",
+                param="response_format",
+                code="unsupported_value",
+            )
         audio = await self._decode_upload(file, form.live is not None)
+        words = "word" in form.granularities or (form.speakers and self.model.capabilities.word_timestamps)
         job = TranscriptionJob(
             audio=audio,
             task=form.task,
@@ -164,8 +186,8 @@ class OpenAIAudioSpec(LitSpec):
             prompt=form.prompt,
             keywords=form.keywords,
             temperature=form.temperature,
-            word_timestamps="word" in form.granularities,
-            timestamps=form.response_format not in ("json", "text") or "word" in form.granularities,
+            word_timestamps=words,
+            timestamps=form.response_format not in ("json", "text") or words,
             logprobs=form.logprobs,
             stream=form.stream,
             target_language=form.target_language,
@@ -173,16 +195,27 @@ class OpenAIAudioSpec(LitSpec):
             interim=form.interim,
             live=form.live,
         )
+        diarizing = self.diarizer.start(audio, *form.known_speakers) if self.diarizer and form.speakers else None
         events = self._submit(job)
-        first = await _next_event(events)  # errors surface here, before any byte is sent
+        try:  # errors surface here, before any byte is sent
+            first = await _next_event(events)
+            turns = await diarizing if diarizing else None
+        except BaseException:
+            if diarizing:
+                diarizing.cancel()
+            await events.aclose()  # ends the job: its audio is deleted, its worker stops
+            raise
         metrics.audio_processed(self.model.id, form.task, job.duration)
+        splitter = None if turns is None else SpeakerSplitter(turns, form.known_speakers[0])
         if form.stream:
             return StreamingResponse(
-                self._sse(first, events, form.logprobs),
+                self._sse(first, events, form.logprobs, splitter),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
         transcript = await _collect(first, events, form.task)
+        if splitter:
+            transcript = splitter.transcript(transcript)
         body = render(
             transcript,
             form.response_format,
@@ -286,9 +319,15 @@ class OpenAIAudioSpec(LitSpec):
             self.response_buffer.pop(uid, None)
 
     async def _sse(
-        self, first: dict[str, Any], events: AsyncIterator[dict[str, Any]], with_logprobs: bool
+        self,
+        first: dict[str, Any],
+        events: AsyncIterator[dict[str, Any]],
+        with_logprobs: bool,
+        splitter: SpeakerSplitter | None,
     ) -> AsyncIterator[str]:
-        """`transcript.text.delta` per decoded segment, then `transcript.text.done`, then `[DONE]`."""
+        """`transcript.text.delta` per decoded segment, then `transcript.text.done`, then `[DONE]`. With
+        speakers, a segment is cut where its speaker changes, and each piece's deltas are followed by its
+        `transcript.text.segment`."""
         texts: list[str] = []
         emitted = ""
         duration = first.get("duration", 0.0)
@@ -297,18 +336,21 @@ class OpenAIAudioSpec(LitSpec):
                 if message["event"] != "segment":
                     continue
                 segment = Segment.from_dict(_segment_fields(message))
-                texts.append(segment.text)
-                text = join_text(texts)
-                delta, emitted = text[len(emitted) :], text
-                if delta:
-                    payload: dict[str, Any] = {
-                        "type": "transcript.text.delta",
-                        "delta": delta,
-                        "segment_id": str(segment.id),
-                    }
-                    if with_logprobs:
-                        payload["logprobs"] = [p.to_json() for p in segment.logprobs or ()]
-                    yield _sse_data(payload)
+                for piece in splitter.split(segment) if splitter else [segment]:
+                    texts.append(piece.text)
+                    text = join_text(texts)
+                    delta, emitted = text[len(emitted) :], text
+                    if delta:
+                        payload: dict[str, Any] = {
+                            "type": "transcript.text.delta",
+                            "delta": delta,
+                            "segment_id": f"seg_{piece.id}" if splitter else str(piece.id),
+                        }
+                        if with_logprobs:
+                            payload["logprobs"] = [p.to_json() for p in piece.logprobs or ()]
+                        yield _sse_data(payload)
+                    if splitter:
+                        yield _sse_data(diarized_segment(piece))
             yield _sse_data({"type": "transcript.text.done", "text": emitted, "usage": usage(duration)})
         except ApiError as exc:
             yield _sse_data(exc.body())
@@ -359,6 +401,9 @@ class _Form:
     languages: tuple[str, ...]
     prompt: str | None
     keywords: tuple[str, ...]
+    # Who spoke: diarized_json, or diarize=true (or a diarizing model name) with a format that can say it.
+    speakers: bool
+    known_speakers: tuple[tuple[str, ...], tuple[str, ...]]  # names and their references, as sent
     target_language: str | None
     chunking: Chunking | None
     # The router's Realtime sessions add these fields (not part of OpenAI's API): `interim=true`, the
@@ -383,14 +428,17 @@ class _Form:
         chunking: Chunking | None = None,
         keywords: list[str] | None = None,
         languages: list[str] | None = None,
+        diarize: str | None = None,
+        known_speaker_names: list[str] | None = None,
+        known_speaker_references: list[str] | None = None,
         interim: str | None = None,
         live_id: str | None = None,
         live_final: str | None = None,
     ) -> _Form:
-        if response_format == "diarized_json":
+        if response_format == "diarized_json" and task == "translate":
             raise ApiError(
                 400,
-                "response_format 'diarized_json' needs a diarizing model; none is served here.",
+                "response_format 'diarized_json' is for transcriptions.",
                 param="response_format",
                 code="unsupported_value",
             )
@@ -420,6 +468,13 @@ class _Form:
             languages=_parse_languages(languages),
             prompt=prompt or None,
             keywords=parse_keywords(keywords),
+            speakers=response_format == "diarized_json"
+            or (
+                response_format in SPEAKER_FORMATS
+                and (_parse_bool(diarize, "diarize") or model in DIARIZING_MODEL_IDS)
+                and not interim
+            ),
+            known_speakers=(tuple(known_speaker_names or ()), tuple(known_speaker_references or ())),
             target_language=_parse_language(target_language, "target_language"),
             chunking=chunking,
             interim=_parse_bool(interim, "interim"),
