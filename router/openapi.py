@@ -47,13 +47,26 @@ _FIELDS: dict[str, dict[str, Any]] = {
     "keywords[]": _array("Words and phrases to favour (names, jargon): up to 100, each one line without < or >."),
     "languages[]": _array("Candidate ISO-639-1 codes: the language is detected among them (not with language)."),
     "target_language": _text("Models that translate to several languages (Canary): the output language."),
+    "diarize": {
+        "type": "boolean",
+        "default": False,
+        "description": "Speakers in verbose_json, srt and vtt (diarized_json always has them).",
+    },
+    "known_speaker_names[]": _array("Names of up to 4 known voices, in the order of their references."),
+    "known_speaker_references[]": _array("Data URLs of 2-10 s of each known voice, in any audio format."),
 }
 _TRANSLATION_FIELDS = ("file", "model", "prompt", "response_format", "temperature", "language", "stream")
+_DIARIZATION_FIELDS = ("file", "model", "known_speaker_names[]", "known_speaker_references[]")
 
 
 def audio_form(task: str) -> dict[str, Any]:
-    """`openapi_extra` for /v1/audio/transcriptions (`task="transcribe"`) or /v1/audio/translations."""
-    names = list(_FIELDS) if task == "transcribe" else [*_TRANSLATION_FIELDS, "target_language"]
+    """`openapi_extra` for /v1/audio/transcriptions (`task="transcribe"`), /v1/audio/translations
+    ("translate") or /v1/audio/diarizations ("diarize")."""
+    names = {
+        "transcribe": list(_FIELDS),
+        "translate": [*_TRANSLATION_FIELDS, "target_language"],
+        "diarize": list(_DIARIZATION_FIELDS),
+    }[task]
     properties = {name: _FIELDS[name] for name in names}
     # Without an explicit style, Swagger UI joins array items with commas into one field; OpenAI's form
     # repeats the field once per item.
@@ -66,7 +79,8 @@ def audio_form(task: str) -> dict[str, Any]:
         },
         "responses": {
             "200": {
-                "description": "The transcript in the chosen response_format, or Server-Sent Events with stream.",
+                "description": "The transcript in the chosen response_format, or Server-Sent Events with stream "
+                "(diarizations: who spoke when, as JSON turns).",
                 "content": {
                     "application/json": {},
                     "text/plain": {},

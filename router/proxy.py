@@ -37,6 +37,11 @@ MAX_FIELD_BYTES = 4096  # text fields longer than this are not kept (prompts are
 MAX_PARTS = 1000  # form fields: OpenAI's form has about twenty (repeated ones included)
 MAX_HEADER_BYTES = 8192  # the headers of one part
 CHUNK = 1 << 16
+PATHS = {
+    "transcribe": "/v1/audio/transcriptions",
+    "translate": "/v1/audio/translations",
+    "diarize": "/v1/audio/diarizations",  # who spoke when (the family servers' diarizer asks it too)
+}
 
 
 @dataclass
@@ -65,8 +70,8 @@ class Proxy:
 
     def install(self, app: FastAPI) -> None:
         # The routes read the raw body (forwarded byte for byte): their form is documented by hand.
-        for path, task in (("/v1/audio/transcriptions", "transcribe"), ("/v1/audio/translations", "translate")):
-            app.add_api_route(path, self.forward, methods=["POST"], openapi_extra=audio_form(task))
+        for task in ("transcribe", "translate", "diarize"):
+            app.add_api_route(PATHS[task], self.forward, methods=["POST"], openapi_extra=audio_form(task))
 
     async def forward(self, request: Request) -> Response:
         upload = await spool(request)
@@ -76,7 +81,7 @@ class Proxy:
                 raise ApiError(
                     422, "Missing required parameter: 'model'.", param="model", code="missing_required_parameter"
                 )
-            entry = self.registry.entry(model)
+            entry = self.registry.entry(model, diarizer=request.url.path == PATHS["diarize"])
             request.state.model = entry.id  # the metrics label
             server = await self.supervisor.server_for(entry)
         except BaseException:

@@ -118,13 +118,17 @@ class Registry:
         """The entry whose id or alias is `name`."""
         return self._names().get(name)
 
-    def entry(self, name: str) -> ModelEntry:
-        """The entry whose id or alias is `name`; 404 in OpenAI's shape when there is none."""
+    def entry(self, name: str, diarizer: bool | None = None) -> ModelEntry:
+        """The entry whose id or alias is `name`; 404 in OpenAI's shape when there is none, and 400 when
+        it is (`diarizer` True) or is not (False) a diarizer but the request needs the other kind."""
         entry = self.resolve(name)
         if entry is None:
             raise ApiError(
                 404, f"The model '{name}' does not exist; see /v1/models.", param="model", code="model_not_found"
             )
+        if diarizer is not None and entry.diarizes != diarizer:
+            does = "only diarizes" if entry.diarizes else "does not diarize"
+            raise ApiError(400, f"Model '{entry.id}' {does}.", param="model", code="unsupported_task")
         return entry
 
     def _names(self) -> dict[str, ModelEntry]:

@@ -186,12 +186,15 @@ class Supervisor:
         load_on_request: str,
         family_key: str = "",
         hang_seconds: float = 20.0,
+        family_env: dict[str, str] | None = None,
     ) -> None:
+        """`family_env`: options for every family server started (OPEN_SPEECH_* variables)."""
         self.default = registry.default
         self.keep_alive = keep_alive
         self.load_timeout = load_timeout
         self.load_on_request = load_on_request  # "wait" or "reject"
         self.hang_seconds = hang_seconds  # a server whose /health fails this long is killed, then restarted
+        self.family_env = family_env or {}
         self.servers: dict[str, ModelServer | ExternalServer] = {
             entry.id: ExternalServer(entry, key=family_key) for entry in registry.models.values() if entry.external
         }
@@ -258,7 +261,7 @@ class Supervisor:
         command += entry.server_args()
         logger.info("loading %s: %s", entry.id, " ".join(command))
         # The router's own config file is not the family server's; OPEN_SPEECH_* options pass through.
-        env = {k: v for k, v in os.environ.items() if k != "OPEN_SPEECH_CONFIG"}
+        env = {k: v for k, v in os.environ.items() if k != "OPEN_SPEECH_CONFIG"} | self.family_env
         # A key for this start alone, given through the environment (a command line is visible to every
         # user of the machine): the family server answers only the router, whoever finds its port.
         key = env["OPEN_SPEECH_API_KEY"] = secrets.token_urlsafe(32)

@@ -82,8 +82,21 @@ class Router:
             config.load_on_request,
             config.family_api_key,
             config.hang_seconds,
+            self._diarizer_env(),
         )
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=5), limits=httpx.Limits(max_connections=None))
+
+    def _diarizer_env(self) -> dict[str, str]:
+        """Family servers send the audio of transcriptions with speakers back here, for the registry's
+        diarizer (loaded on demand like any model); without one, they refuse such requests."""
+        if not self.registry.diarizer:
+            return {}
+        host = "127.0.0.1" if self.config.host in ("0.0.0.0", "::", "") else self.config.host
+        return {
+            "OPEN_SPEECH_DIARIZER_URL": f"http://{host}:{self.config.port}",
+            "OPEN_SPEECH_DIARIZER": self.registry.diarizer,
+            "OPEN_SPEECH_DIARIZER_KEY": self.config.api_key,
+        }
 
     def app(self) -> FastAPI:
         c = self.config

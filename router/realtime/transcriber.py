@@ -35,7 +35,7 @@ class FamilyTranscriber:
 
         The model starts loading now, so that it is ready by the time the session's first turn ends.
         """
-        entry = self.registry.entry(model or self.registry.default)
+        entry = self.registry.entry(model or self.registry.default, diarizer=False)
         self.supervisor.load_in_background(entry)
 
         async def decoder(config: SessionConfig) -> ItemDecoder:
