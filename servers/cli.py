@@ -34,7 +34,14 @@ from common.formats import RESPONSE_FORMATS
 from router.supervisor import free_port, until_healthy
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-EXTENSIONS = {"json": ".json", "verbose_json": ".json", "text": ".txt", "srt": ".srt", "vtt": ".vtt"}
+EXTENSIONS = {
+    "json": ".json",
+    "verbose_json": ".json",
+    "diarized_json": ".json",
+    "text": ".txt",
+    "srt": ".srt",
+    "vtt": ".vtt",
+}
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 START_TIMEOUT = 300.0  # seconds for a background router to answer /health
 # No read limit: a long file takes as long as it takes; a server that is not there fails at connect.
@@ -85,6 +92,9 @@ def _parser() -> argparse.ArgumentParser:
     command.add_argument("--translate", action="store_true", help="translate into English")
     command.add_argument("--output-dir", type=Path, help="write FILE's stem + the format's extension there")
     command.add_argument("--stream", action="store_true", help="print text as it is decoded")
+    command.add_argument(
+        "--diarize", action="store_true", help="who spoke: `A: text` lines, or speakers in the chosen format"
+    )
     command.set_defaults(run=transcribe)
 
     command = commands.add_parser("pull", parents=[server], help="download a model's weights")
@@ -233,7 +243,8 @@ def transcribe(client: httpx.Client, args: argparse.Namespace) -> int:
 def _form(args: argparse.Namespace) -> dict[str, Any]:
     fields = {
         "model": args.model,
-        "response_format": args.response_format,
+        "response_format": _wire_format(args),
+        "diarize": "true" if args.diarize and args.response_format in ("verbose_json", "srt", "vtt") else None,
         "language": args.language,
         "prompt": args.prompt,
         "temperature": None if args.temperature is None else str(args.temperature),
@@ -241,6 +252,11 @@ def _form(args: argparse.Namespace) -> dict[str, Any]:
         "stream": "true" if args.stream else None,
     }
     return {name: value for name, value in fields.items() if value is not None}
+
+
+def _wire_format(args: argparse.Namespace) -> str:
+    """The response_format asked of the server: with --diarize, text and json come from diarized_json."""
+    return "diarized_json" if args.diarize and args.response_format in ("text", "json") else args.response_format
 
 
 def _send(client: httpx.Client, path: Path, args: argparse.Namespace) -> httpx.Response:
@@ -256,13 +272,16 @@ def _request(client: httpx.Client, path: Path, args: argparse.Namespace) -> str:
     """One file's transcript in the chosen format, as text ending in a newline."""
     response = _send(client, path, args)
     response.read()
-    if args.response_format in ("json", "verbose_json"):
+    if args.diarize and args.response_format == "text":
+        return "".join(_speaker_lines(response.json()["segments"]))
+    if args.response_format in ("json", "verbose_json", "diarized_json"):
         return json.dumps(response.json(), indent=2, ensure_ascii=False) + "\n"
     return response.text if response.text.endswith("\n") else response.text + "\n"
 
 
 def _stream(client: httpx.Client, path: Path, args: argparse.Namespace, header: bool) -> None:
-    """Print `transcript.text.delta` events as they arrive (stream=true), then a newline."""
+    """Print `transcript.text.delta` events as they arrive (stream=true), then a newline; with --diarize,
+    an `A: text` line per `transcript.text.segment` event."""
     response = _send(client, path, args)
     try:
         if header:
@@ -275,11 +294,26 @@ def _stream(client: httpx.Client, path: Path, args: argparse.Namespace, header: 
             if "error" in event:
                 print(flush=True)
                 raise CliError(event["error"].get("message", "the transcription failed"))
-            if event.get("type") == "transcript.text.delta":
+            if args.diarize and event.get("type") == "transcript.text.segment":
+                print(*_speaker_lines([event]), sep="", end="", flush=True)
+            elif not args.diarize and event.get("type") == "transcript.text.delta":
                 print(event["delta"], end="", flush=True)
-        print()
+        if not args.diarize:
+            print()
     finally:
         response.close()
+
+
+def _speaker_lines(segments: list[dict[str, Any]]) -> Iterator[str]:
+    """`speaker: text` lines from diarized segments, one per turn (a speaker's segments in a row joined)."""
+    turns: list[tuple[str, list[str]]] = []
+    for segment in segments:
+        if turns and turns[-1][0] == segment["speaker"]:
+            turns[-1][1].append(segment["text"])
+        else:
+            turns.append((segment["speaker"], [segment["text"]]))
+    for speaker, texts in turns:
+        yield f"{speaker}: {' '.join(texts)}\n"
 
 
 # ---- pull, ps, models ------------------------------------------------------------------------
