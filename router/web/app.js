@@ -120,7 +120,7 @@ async function refreshModels() {
   const status = new Map(loaded.models.map((m) => [m.id, m.status]));
   // /v1/models lists aliases as ids too; rows and choices are one per model, its aliases beside it.
   const own = models.data.filter((m) => (m.root ?? m.id) === m.id);
-  fillSelects(own, status);
+  fillSelects(own.filter((m) => m.capabilities?.transcribe !== false), status); // not the diarizers
   modelsBody.replaceChildren(...own.map((m) => modelRow(m, status.get(m.id))));
   refreshHealth();
 }
@@ -271,9 +271,11 @@ const words = $("#upload-words");
 const bodyOut = $("#upload-body");
 
 function syncUploadOptions() {
-  // Timestamps exist in verbose_json only; a stream is text events whatever the format.
+  // Timestamps exist in verbose_json only, speakers in it and in srt and vtt; a stream is text events whatever
+  // the format. Disabled fields are not sent.
   formatSelect.disabled = streamBox.checked;
   $("#upload-granularities").disabled = streamBox.checked || formatSelect.value !== "verbose_json";
+  $("#upload-diarize").disabled = streamBox.checked || !["verbose_json", "srt", "vtt"].includes(formatSelect.value);
 }
 formatSelect.addEventListener("change", syncUploadOptions);
 streamBox.addEventListener("change", syncUploadOptions);
@@ -339,8 +341,10 @@ async function showBody(response, format) {
   textOut.textContent = body.text;
   if (body.segments?.length) {
     segmentsTable.hidden = false;
+    const speakers = body.segments.some((s) => s.speaker);
+    $("#upload-speaker").hidden = !speakers;
     $("tbody", segmentsTable).replaceChildren(
-      ...body.segments.map((s) => row([clock(s.start), clock(s.end), s.text.trim()])),
+      ...body.segments.map((s) => row([clock(s.start), clock(s.end), ...(speakers ? [s.speaker] : []), s.text.trim()])),
     );
   }
   if (body.words?.length) {
