@@ -26,6 +26,7 @@ import pytest
 from common.formats import RESPONSE_FORMATS
 from servers.faster_whisper import model_path
 from tests.helpers import (
+    DIARIZER,
     HUB_REPO,
     PULLED_TINY,
     TINY_EN,
@@ -47,7 +48,7 @@ DEV = corpus("dev")
 def router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A router on a two-model registry, its Hugging Face cache empty and its hub a local stand-in."""
     folder = tmp_path_factory.mktemp("cli-router")
-    registry = write_registry(folder, TINY_EN, PULLED_TINY)
+    registry = write_registry(folder, TINY_EN, PULLED_TINY, DIARIZER, diarizer="diarizer")
     with HubStandin({HUB_REPO: model_path("bundled")}) as hub:
         hf = hub_env(folder, hub.url)
         with ServerProcess("servers/router.py", "--registry", str(registry), env=hf, name="router-cli") as server:
@@ -105,7 +106,7 @@ def direct(router: ServerProcess, path: Path, **fields: str | list[str]) -> http
 
 
 def expected_output(response: httpx.Response, response_format: str) -> str:
-    if response_format in ("json", "verbose_json"):
+    if response_format in ("json", "verbose_json", "diarized_json"):
         return json.dumps(response.json(), indent=2, ensure_ascii=False) + "\n"
     return response.text if response.text.endswith("\n") else response.text + "\n"
 
@@ -120,6 +121,7 @@ def test_every_response_format(router: ServerProcess, response_format: str) -> N
     text = {
         "json": lambda: json.loads(done.stdout)["text"],
         "verbose_json": lambda: json.loads(done.stdout)["text"],
+        "diarized_json": lambda: json.loads(done.stdout)["text"],
         "text": lambda: done.stdout,
         "srt": lambda: " ".join(done.stdout.split("\n")[2::4]),
         "vtt": lambda: " ".join(done.stdout.split("\n")[3::3]),
@@ -211,7 +213,8 @@ def test_ps_and_models(router: ServerProcess) -> None:
     loaded = httpx.get(router.url + "/api/ps").json()["models"]
     header, *rows = done.stdout.splitlines()
     assert header.split()[:3] == ["MODEL", "FAMILY", "DEVICE"]
-    assert [row.split()[0] for row in rows] == [m["id"] for m in loaded] == ["tiny.en"]
+    assert [row.split()[0] for row in rows] == [m["id"] for m in loaded]
+    assert loaded[0]["id"] == "tiny.en" and {m["id"] for m in loaded} <= {"tiny.en", "diarizer"}  # diarized_json's
     assert str(loaded[0]["pid"]) in rows[0].split() and "MiB" in rows[0]
     as_json = json.loads(cli("ps", "--url", router.url, "--json").stdout)
     assert [(m["id"], m["pid"], m["port"]) for m in as_json["models"]] == [
@@ -224,7 +227,7 @@ def test_ps_and_models(router: ServerProcess) -> None:
     header, *rows = done.stdout.splitlines()
     assert header.split() == ["MODEL", "FAMILY", "ALIASES", "DOWNLOADED", "LOADED", "SOURCE"]
     table = {row.split()[0]: row.split() for row in rows}
-    assert set(table) == {m["id"] for m in listed if m["root"] == m["id"]} == {"tiny.en", "pulled-tiny"}
+    assert set(table) == {m["id"] for m in listed if m["root"] == m["id"]} == {"tiny.en", "pulled-tiny", "diarizer"}
     assert table["tiny.en"] == ["tiny.en", "faster-whisper", "whisper-1", "yes", "yes", "bundled"]
     assert json.loads(cli("models", "--url", router.url, "--json").stdout)["data"] == listed
 
