@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up open-speech on a fresh machine: a virtual environment in .venv with the project installed.
 #   bash .ci/setup.sh               the router, the faster-whisper family and the bundled diarizer
-#   bash .ci/setup.sh nemo          plus the NVIDIA NeMo family (also: onnx, or nemo,onnx)
+#   bash .ci/setup.sh nemo          plus the NVIDIA NeMo family (also: onnx, pyannote, or nemo,onnx)
 #   bash .ci/setup.sh test          everything, plus what the tests need (ffmpeg, chromium, test packages)
 #   bash .ci/setup.sh cuda,onnx     NVIDIA GPU builds: CUDA 12 cuBLAS and cuDNN 9 wheels for CTranslate2,
 #                                   onnxruntime-gpu in place of onnxruntime (and with nemo, torch's CUDA
@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 
 python="${PYTHON:-python3}"
 extras="${1:-}"
-[ "$extras" = "test" ] && extras="test,nemo,onnx"
+[ "$extras" = "test" ] && extras="test,nemo,onnx,pyannote"
 cuda=false
 if [[ ",$extras," == *",cuda,"* ]]; then  # not a package extra: a choice of builds
   cuda=true
@@ -31,11 +31,20 @@ fi
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 pip=(.venv/bin/python -m pip install -q)
 "${pip[@]}" --upgrade pip
-if [[ ",$extras," == *",nemo,"* ]] && ! $cuda && ! command -v nvidia-smi >/dev/null; then
-  # NeMo needs torch; without a GPU take the CPU build, pinned first so nothing pulls CUDA wheels.
+torch_cpu=false
+if [[ ",$extras," == *",nemo,"* || ",$extras," == *",pyannote,"* ]] && ! $cuda && ! command -v nvidia-smi >/dev/null; then
+  # NeMo and pyannote.audio need torch; without a GPU take the CPU build, pinned first so nothing pulls CUDA
+  # wheels.
   "${pip[@]}" torch==2.13.0
+  torch_cpu=true
 fi
 "${pip[@]}" -e ".${extras:+[$extras]}"
+if [[ ",$extras," == *",pyannote,"* ]] && $torch_cpu && ! .venv/bin/python -c "import torchaudio" 2>/dev/null; then
+  # PyPI's torchaudio is a CUDA build: its C++ extension needs torch's CUDA libraries, and without them
+  # `import torchaudio` fails. pyannote.audio uses only its Python code (Kaldi fbank features, resampling),
+  # and torchaudio imports without the extension when the extension's files are not there.
+  rm -f "$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')"/torchaudio/lib/*.so
+fi
 # The bundled diarizer reads only the weights in resemblyzer's wheel, in numpy: its dependencies (torch,
 # librosa, webrtcvad) are not needed.
 "${pip[@]}" --no-deps resemblyzer==0.1.4
