@@ -21,6 +21,7 @@ from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
 from servers.faster_whisper import model_path
 from tests.helpers import (
+    DIARIZER,
     HUB_REPO,
     PULLED_TINY,
     TINY_EN,
@@ -37,6 +38,7 @@ from tests.hub_standin import HubStandin
 API_KEY = "sk-web-test"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 CLIP = next(c for c in corpus("dev") if c.id == "2412-153948-0001")  # 10.5 s, one sentence
+LONG = next(c for c in corpus("long") if "multispeaker" in c.path.name)
 WAIT_MS = 120_000  # how long to wait for a transcript before calling it a hang
 
 TINY_GREEDY = {"id": "tiny-greedy", "family": "faster-whisper", "source": "bundled", "options": {"beam_size": 1}}
@@ -63,7 +65,9 @@ def hub() -> Iterator[HubStandin]:
 @pytest.fixture(scope="module")
 def router(tmp_path_factory: pytest.TempPathFactory, hub: HubStandin) -> Iterator[ServerProcess]:
     folder = tmp_path_factory.mktemp("web")
-    registry = write_registry(folder, TINY_EN, {**TINY_GREEDY, "languages": ["en"]}, PULLED_TINY)
+    registry = write_registry(
+        folder, TINY_EN, {**TINY_GREEDY, "languages": ["en"]}, PULLED_TINY, DIARIZER, diarizer="diarizer"
+    )
     hf = hub_env(folder, hub.url)
     args = ("--registry", str(registry), "--keep-alive", "-1", "--api-key", API_KEY)
     with ServerProcess("servers/router.py", *args, env=hf, name="router-web") as server:
@@ -171,6 +175,26 @@ def test_upload_shows_the_transcript_with_segment_times(page: Page, router: Serv
     page.locator("summary", has_text="Words").click()
     words = page.get_by_role("table", name="Words").locator("tbody tr")
     assert normalize(" ".join(w.inner_text().split("\t")[-1] for w in words.all())) == normalize(text)
+
+
+def test_upload_with_speakers_shows_who_said_what(page: Page, tmp_path: Path) -> None:
+    """Through a router with an API key: its family server asks it for the speakers with that key."""
+    two_voices = tmp_path / "two-voices.wav"  # p225, then p226 from 17.1 s
+    convert(LONG.path, two_voices, "-ss", "103.8", "-to", "135", "-ar", "16000", "-ac", "1")
+    page.goto("/")
+    upload = page.get_by_role("tabpanel", name="Upload")
+    upload.get_by_label("Audio file").set_input_files(two_voices)
+    upload.get_by_label("Response format").select_option("json")
+    expect(upload.get_by_role("checkbox", name="Speakers")).to_be_disabled()  # json cannot say who spoke
+    upload.get_by_label("Response format").select_option("verbose_json")
+    upload.get_by_role("checkbox", name="Speakers").check()
+    upload.get_by_role("button", name="Transcribe").click()
+
+    segments = page.get_by_role("table", name="Segments")
+    expect(segments).to_be_visible(timeout=WAIT_MS)
+    expect(segments.get_by_role("columnheader", name="Speaker")).to_be_visible()
+    speakers = [row.get_by_role("cell").nth(2).inner_text() for row in segments.locator("tbody tr").all()]
+    assert speakers[0] == "A" and speakers[-1] == "B" and set(speakers) == {"A", "B"}, speakers
 
 
 def test_upload_in_other_formats_shows_the_body(page: Page, router: ServerProcess) -> None:
