@@ -33,7 +33,6 @@ import itertools
 import logging
 import pickle
 from collections import OrderedDict
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -45,15 +44,11 @@ from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.optimize import linear_sum_assignment
 from threadpoolctl import threadpool_limits
 
-from common import metrics
-from common.audio import SAMPLE_RATE, AudioLimits, Cancelled
+from common.audio import SAMPLE_RATE
 from common.config import ServerConfig, load
-from common.errors import model_failed
-from common.jobs import error_event
 from common.models import DIARIZE_ONLY, ModelCard
-from common.speakers import Diarization, Turn, letters
-from specs.diarization import DiarizationJob, DiarizationSpec, diarization_event
-from specs.family import _Family, batch_or_singly
+from common.speakers import Turn, letters
+from specs.diarization import DiarizationJob, DiarizerAPI
 from specs.serving import configure_logging, serve
 
 logger = logging.getLogger("open_speech.diarization")
@@ -103,53 +98,23 @@ def model_card(config: DiarizationConfig) -> ModelCard:
     )
 
 
-class DiarizationAPI(_Family):
-    """The bundled diarizer behind `specs.diarization`, a batch of requests at a time."""
+class DiarizationAPI(DiarizerAPI):
+    """The bundled diarizer behind `specs.diarization`: the speech windows of every recording of a batch
+    through the encoder together."""
 
     config: DiarizationConfig
-
-    def __init__(self, config: DiarizationConfig, card: ModelCard) -> None:
-        super().__init__(
-            spec=DiarizationSpec(card, AudioLimits(config.max_audio_seconds), config.max_queued_audio_seconds),
-            max_batch_size=config.max_batch_size,
-            batch_timeout=config.batch_timeout,
-        )
-        self.config = config
 
     def setup(self, device: str) -> None:
         self.diarizer = BundledDiarizer()
         logger.info("loaded the bundled diarizer (resemblyzer's encoder in numpy) on the CPU")
 
-    def predict(self, x: DiarizationJob | list[DiarizationJob]) -> Iterator[Any]:
-        """One step: an event per job (None for a job whose client left before it was read)."""
-        jobs = x if isinstance(x, list) else [x]
-        for step in metrics.observe_batch(self.spec.model.id, jobs, iter([self._diarize(jobs)])):
-            if self.max_batch_size > 1:
-                yield step
-            elif step[0] is not None:
-                yield step[0]
+    def prepare(self, job: DiarizationJob) -> tuple[Recording, dict[str, np.ndarray]]:
+        """The job's speech windows, and its known voices' embeddings."""
+        known = {speaker.name: self.diarizer.embed(speaker.audio) for speaker in job.known}
+        return self.diarizer.prepare(job.audio.read()), known
 
-    def _diarize(self, jobs: list[DiarizationJob]) -> list[dict[str, Any] | None]:
-        """Each job's speech windows and known voices first, one job at a time (so that one recording's
-        samples are in memory at a time), then every job's windows through the encoder together."""
-        step: list[dict[str, Any] | None] = [None] * len(jobs)
-        prepared = []
-        for index, job in enumerate(jobs):
-            try:
-                known = {speaker.name: self.diarizer.embed(speaker.audio) for speaker in job.known}
-                prepared.append((index, self.diarizer.prepare(job.audio.read()), known))
-            except Cancelled:
-                logger.info("job skipped: its client left")
-            except Exception:
-                logger.exception("finding speech or embedding known voices failed")
-                step[index] = error_event(model_failed("diarizing"))
-        for (index, _, _), turns in batch_or_singly(prepared, self._turns, "diarization"):
-            result = None if turns is None else Diarization(jobs[index].duration, tuple(turns))
-            step[index] = error_event(model_failed("diarizing")) if result is None else diarization_event(result)
-        return step
-
-    def _turns(self, batch: list[tuple[int, Recording, dict[str, np.ndarray]]]) -> list[list[Turn]]:
-        return self.diarizer.diarize_batch([(recording, known) for _, recording, known in batch])
+    def diarize(self, prepared: list[tuple[Recording, dict[str, np.ndarray]]]) -> list[list[Turn]]:
+        return self.diarizer.diarize_batch(prepared)
 
 
 class BundledDiarizer:
@@ -211,6 +176,12 @@ class BundledDiarizer:
             recording.turns(embeddings[end - len(recording.windows) : end], known)
             for (recording, known), end in zip(recordings, ends, strict=True)
         ]
+
+    def name(self, voices: list[np.ndarray], known: dict[str, np.ndarray]) -> list[str]:
+        """Names for another diarizer's speakers, given a recording of each one's voice (16 kHz mono float32,
+        speakers in order of first appearance), as `diarize` names its own: the enrolled voice (`embed`)
+        each is most like, when like enough, else letters."""
+        return _names(np.stack([self.embed(voice) for voice in voices]), known)
 
     def _utterance(self, audio: np.ndarray) -> np.ndarray:
         """resemblyzer's `embed_utterance` of its `normalize_volume`d audio: the L2-normalised mean of the

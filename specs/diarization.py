@@ -3,13 +3,15 @@ only diarizes inside transcriptions), with `GET /v1/models`, `GET /v1/models/{id
 
 Per request, in the API process: check the model and the known speakers (`common.speakers`), decode
 the upload to 16 kHz PCM (`common.audio`), queue a `DiarizationJob` for the family's LitAPI, and answer
-with the one event its worker sends back: a `Diarization`, or an error.
+with the one event its worker sends back: a `Diarization`, or an error. `DiarizerAPI` is the base of the
+LitAPIs behind it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from collections import deque
@@ -23,16 +25,19 @@ from litserve.specs.base import LitSpec
 from litserve.utils import LitAPIStatus, ResponseBufferItem, WorkerSetupStatus
 
 from common import metrics
-from common.audio import Audio, AudioLimits, decode
+from common.audio import Audio, AudioLimits, Cancelled, decode
+from common.config import ServerConfig
 from common.errors import ApiError, model_failed, queue_timeout
-from common.jobs import read_error
+from common.jobs import error_event, read_error
 from common.models import ModelCard, model_object
-from common.speakers import NAMES, REFERENCES, Diarization, KnownSpeaker, parse_known_speakers
+from common.speakers import NAMES, REFERENCES, Diarization, KnownSpeaker, Turn, parse_known_speakers
+from specs.family import _Family, batch_or_singly
 from specs.openai_audio import Admission, unknown_model
 
 if TYPE_CHECKING:
     from litserve import LitAPI
 
+logger = logging.getLogger("open_speech.diarization")
 PATH = "/v1/audio/diarizations"
 
 
@@ -169,3 +174,55 @@ class DiarizationSpec(LitSpec):
 
     def _model_object(self, name: str) -> dict[str, Any]:
         return model_object(name, self.model.family, self.model.capabilities, root=self.model.id)
+
+
+class DiarizerAPI(_Family):
+    """A LitAPI behind `DiarizationSpec`, a batch of `DiarizationJob`s at a time, one event per job.
+
+    Families implement `prepare`, what a job needs from its recording (read one job at a time, so that
+    one recording's samples are in memory at a time while it is prepared), and `diarize`, the turns of
+    prepared jobs, together. A batch that fails is retried job by job, so one bad request fails alone.
+    """
+
+    def __init__(self, config: ServerConfig, card: ModelCard) -> None:
+        """`config` is the family's own config; it has max_batch_size and batch_timeout for LitServe."""
+        super().__init__(
+            spec=DiarizationSpec(card, AudioLimits(config.max_audio_seconds), config.max_queued_audio_seconds),
+            max_batch_size=config.max_batch_size,
+            batch_timeout=config.batch_timeout,  # type: ignore[attr-defined]
+        )
+        self.config = config
+
+    def prepare(self, job: DiarizationJob) -> Any:
+        raise NotImplementedError
+
+    def diarize(self, prepared: list[Any]) -> list[list[Turn]]:
+        raise NotImplementedError
+
+    def predict(self, x: DiarizationJob | list[DiarizationJob]) -> Iterator[Any]:
+        """One step: an event per job (None for a job whose client left before it was read)."""
+        jobs = x if isinstance(x, list) else [x]
+        for step in metrics.observe_batch(self.spec.model.id, jobs, self._steps(jobs)):
+            if self.max_batch_size > 1:
+                yield step
+            elif step[0] is not None:
+                yield step[0]
+
+    def _steps(self, jobs: list[DiarizationJob]) -> Iterator[list[dict[str, Any] | None]]:
+        """The batch's one step, made as it is asked for (so that the batch's metrics time it)."""
+        step: list[dict[str, Any] | None] = [None] * len(jobs)
+        prepared = []
+        for index, job in enumerate(jobs):
+            try:
+                prepared.append((index, self.prepare(job)))
+            except Cancelled:
+                logger.info("job skipped: its client left")
+            except Exception:
+                logger.exception("preparing a recording failed")
+                step[index] = error_event(model_failed("diarizing"))
+        for (index, _), turns in batch_or_singly(
+            prepared, lambda batch: self.diarize([item for _, item in batch]), "diarization"
+        ):
+            result = None if turns is None else Diarization(jobs[index].duration, tuple(turns))
+            step[index] = error_event(model_failed("diarizing")) if result is None else diarization_event(result)
+        yield step
