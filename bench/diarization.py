@@ -1,6 +1,6 @@
 """The bundled diarizer (`servers/diarization.py`) against exact speaker times, in process.
 
-    .venv/bin/python -m bench.diarization [--repeats 3] [--no-whisper] [--no-encoder]
+    .venv/bin/python -m bench.diarization [--repeats 3] [--no-whisper] [--no-encoder] [--no-server]
 
 Recordings with known speakers and exact turn times:
 
@@ -25,6 +25,11 @@ when torch and librosa are installed (the test environment has both). Target: at
 Then the cost: CPU and wall seconds of diarize() on the dev file (median of --repeats), beside what
 in-process faster-whisper tiny.en (int8, 2 threads, beam 5) takes to transcribe it. Targets: DER at
 most 10 % and exactly 5 speakers on dev, at least 95 % named right, diarize() at most ~30 % of tiny.en.
+
+Last, what a client waits: the dev file sent to a router on the shipped registry (tiny.en as whisper-1,
+the bundled diarizer) as `json`, as `verbose_json` with word timestamps (what diarized_json asks of the
+model) and as `diarized_json`, in turn, --repeats times each after one of each to load both models.
+Target: diarized_json at most 1.3x the time of json.
 """
 
 from __future__ import annotations
@@ -38,17 +43,20 @@ import time
 import types
 from dataclasses import dataclass
 
+import httpx
 import numpy as np
 from faster_whisper import decode_audio
 
 from common.audio import SAMPLE_RATE
 from common.speakers import Turn
 from servers.diarization import BundledDiarizer
-from tests.helpers import CORPUS, FRAME, der, scored_frames, speaker_frames
+from tests.helpers import CORPUS, FRAME, ServerProcess, der, scored_frames, speaker_frames
 
 DER_TARGET = 0.10
 NAMED_TARGET = 0.95
 COST_TARGET = 0.30  # diarize() time over tiny.en's
+SERVED_TARGET = 1.3  # diarized_json's time over json's, through the router
+DEV_FILE = CORPUS / "long" / "audio" / "multispeaker_dev_concat.flac"
 # Enrolment references for the dev speakers: (clip, first second, last second), each inside the conversation.
 DEV_REFERENCES = {
     "LS-1089": ("1089-134691-0001", 0.0, 5.415),
@@ -173,6 +181,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-whisper", action="store_true", help="skip timing tiny.en")
     parser.add_argument("--no-encoder", action="store_true", help="skip comparing with real resemblyzer")
+    parser.add_argument("--no-server", action="store_true", help="skip timing requests through a router")
     args = parser.parse_args()
 
     diarizer = BundledDiarizer()
@@ -231,6 +240,46 @@ def main() -> None:
             f"\ndiarize() / tiny.en: {statistics.median(cpu) / whisper_cpu:.0%} of its CPU time, "
             f"{statistics.median(wall) / whisper_wall:.0%} of its wall time (target: at most {COST_TARGET:.0%})"
         )
+    if not args.no_server:
+        seconds = dev.size / SAMPLE_RATE
+        medians = {form: statistics.median(times) for form, times in through_a_router(args.repeats).items()}
+        print(f"\n| through a router, the dev file ({seconds:.0f} s) | wall s (median of {args.repeats}) | x json |")
+        print("|---|---|---|")
+        for form, median in medians.items():
+            print(f"| {form} | {median:.2f} | {median / medians['json']:.2f} |")
+        ratio = medians["diarized_json"] / medians["json"]
+        print(f"\ndiarized_json / json: {ratio:.2f}x (target: at most {SERVED_TARGET}x)")
+
+
+SERVED_FORMS = {
+    "json": {},
+    "verbose_json with words": {"response_format": "verbose_json", "timestamp_granularities[]": "word"},
+    "diarized_json": {"response_format": "diarized_json"},
+}
+
+
+def through_a_router(repeats: int) -> dict[str, list[float]]:
+    """Wall seconds of each of `SERVED_FORMS`' requests for the dev file, taken in turn."""
+    with ServerProcess("servers/router.py", name="bench-diarization") as router:
+
+        def request(fields: dict[str, str]) -> float:
+            started = time.perf_counter()
+            with DEV_FILE.open("rb") as f:
+                httpx.post(
+                    router.url + "/v1/audio/transcriptions",
+                    files={"file": f},
+                    data={"model": "whisper-1", **fields},
+                    timeout=600,
+                ).raise_for_status()
+            return time.perf_counter() - started
+
+        for fields in SERVED_FORMS.values():  # every model loaded and warm
+            request(fields)
+        times: dict[str, list[float]] = {form: [] for form in SERVED_FORMS}
+        for _ in range(repeats):
+            for form, fields in SERVED_FORMS.items():
+                times[form].append(request(fields))
+    return times
 
 
 if __name__ == "__main__":
