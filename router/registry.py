@@ -4,7 +4,8 @@ One YAML file (configs/models.yaml) lists the models. Each entry names its famil
 that runs it), its source (a Hugging Face repo id, a local path, or `bundled`), the aliases clients
 may send as `model`, what it can do, and per-model options passed to the family server as
 `--<option> value` (device, compute_type, max_batch_size, workers_per_device, ...). Entries of the
-diarization family are diarizers, not transcription models; the file names the default one.
+diarization family, and nemo entries that declare `diarizes: true` (Sortformer models), are diarizers,
+not transcription models; the file names the default one.
 
 An entry with a `url` is served by a family server the router does not start (in Kubernetes, a
 Service in front of that server's replicas): the router proxies to it and never starts or stops it.
@@ -49,15 +50,13 @@ class ModelEntry:
     word_timestamps: bool = True
     description: str = ""
     url: str = ""  # served by an external family server at this base URL (never started by the router)
+    # A diarizer (`/v1/audio/diarizations`), which transcribes nothing: every diarization entry, and the
+    # nemo entries that say so (a Sortformer model, which the family server serves as a diarizer).
+    diarizes: bool = False
 
     @property
     def external(self) -> bool:
         return bool(self.url)
-
-    @property
-    def diarizes(self) -> bool:
-        """A diarizer (`/v1/audio/diarizations`), which transcribes nothing."""
-        return self.family == "diarization"
 
     @property
     def capabilities(self) -> Capabilities:
@@ -167,10 +166,13 @@ def _entry(raw: dict[str, Any], path: Path) -> ModelEntry:
     url = raw.get("url", "")
     if url and urlsplit(url).scheme not in ("http", "https"):
         raise ValueError(f"{path}: model {raw.get('id')!r} has url {url!r}, expected http://host:port")
+    if "diarizes" in raw and raw["family"] != "nemo":  # diarization entries always do, the others never
+        raise ValueError(f"{path}: model {raw.get('id')!r}: only nemo entries declare diarizes (Sortformer models)")
     languages = raw.get("languages")
     return ModelEntry(
         **{
             **raw,
+            "diarizes": bool(raw.get("diarizes", raw["family"] == "diarization")),
             "aliases": tuple(raw.get("aliases", ())),
             "languages": None if languages in (None, "all") else tuple(languages),
             "options": dict(raw.get("options") or {}),

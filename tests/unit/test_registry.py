@@ -1,4 +1,4 @@
-"""The registry: the bundled diarizer beside the transcription models."""
+"""The registry: the diarizers (the bundled one, Sortformer models) beside the transcription models."""
 
 from pathlib import Path
 
@@ -32,3 +32,15 @@ def test_without_a_diarizer_key_there_is_none(tmp_path: Path) -> None:
     path = tmp_path / "models.yaml"
     path.write_text(yaml.safe_dump({"default": "tiny.en", "models": [TINY_EN, DIARIZER]}))
     assert Registry.load(path).diarizer == ""
+
+
+def test_a_nemo_entry_that_declares_it_diarizes_is_a_diarizer(tmp_path: Path) -> None:
+    sortformer = {"id": "sortformer", "family": "nemo", "source": "nvidia/diar_sortformer_4spk-v1", "diarizes": True}
+    registry = Registry.load(write_registry(tmp_path, TINY_EN, sortformer, diarizer="sortformer"))
+    entry = registry.models["sortformer"]
+    assert entry.diarizes and entry.capabilities == DIARIZE_ONLY and registry.diarizer == "sortformer"
+
+
+def test_only_nemo_entries_declare_diarizes(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="only nemo entries declare diarizes"):
+        Registry.load(write_registry(tmp_path, {**TINY_EN, "diarizes": True}))
