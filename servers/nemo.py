@@ -19,6 +19,12 @@ Serves one NeMo ASR model, from the Hugging Face cache (`from_pretrained`) or a 
   between requests, steps every live stream of the batch together, and answers with the stream's text
   so far. `live_final` ends the stream; one left idle for `live_idle_seconds` is dropped. Live streams
   live in one worker process: serve such a model with one worker (`workers_per_device: 1`).
+- Sortformer diarizers (`SortformerEncLabelModel`: nvidia/diar_sortformer_4spk-v1, and the streaming
+  ones, run over the whole recording): served as a diarizer instead, on `POST /v1/audio/diarizations`
+  (see `specs.diarization`). The recordings of a batch go through the model as one padded batch; each
+  speaker's per-frame activity becomes turns as NeMo's `diarize()` makes them, lettered in order of first
+  appearance, or named after the voices a request enrols (`known_speaker_references[]`), which Sortformer
+  cannot take: the bundled diarizer's voice encoder matches them.
 """
 
 if __name__ == "__main__" and __spec__ is None:  # run as a script: run as the module instead
@@ -27,6 +33,7 @@ if __name__ == "__main__" and __spec__ is None:  # run as a script: run as the m
     run_as_module(__file__)
 
 import copy
+import itertools
 import logging
 import os
 import time
@@ -38,25 +45,37 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from nemo.collections.asr.models import ASRModel, EncDecCTCModel, EncDecMultiTaskModel, EncDecRNNTModel
+from nemo.collections.asr.models import (
+    ASRModel,
+    EncDecCTCModel,
+    EncDecMultiTaskModel,
+    EncDecRNNTModel,
+    SortformerEncLabelModel,
+)
 from nemo.collections.asr.parts.context_biasing import BoostingTreeModelConfig, GPUBoostingTreeModel
 from nemo.collections.asr.parts.context_biasing.biasing_multi_model import BiasingRequestItemConfig
 from nemo.collections.asr.parts.utils.rnnt_utils import Hypothesis
+from nemo.collections.asr.parts.utils.speaker_utils import merge_float_intervals
 from nemo.collections.asr.parts.utils.timestamp_utils import process_timestamp_outputs
+from nemo.collections.asr.parts.utils.vad_utils import PostProcessingParams, ts_vad_post_processing
 from nemo.collections.common.tokenizers import TokenizerSpec
+from nemo.core import ModelPT
 from nemo.core.utils.optional_libs import TRITON_AVAILABLE
 from nemo.utils import logging as nemo_logging
 from nemo.utils.model_utils import import_class_by_path
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from common.audio import SAMPLE_RATE
 from common.config import TranscriptionConfig, load
 from common.errors import ApiError, model_failed
 from common.jobs import TranscriptionJob, error_event, info_event, segment_event
-from common.models import Capabilities, ModelCard
+from common.models import DIARIZE_ONLY, Capabilities, ModelCard
+from common.speakers import Turn, letters
 from common.transcript import Segment, Word
 from common.windows import plan
+from servers.diarization import BundledDiarizer
 from servers.nemo_streaming import LiveStream, step_round
+from specs.diarization import DiarizationJob, DiarizerAPI
 from specs.family import FamilyAPI, Step, batch_or_singly, only
 from specs.serving import configure_logging, serve
 
@@ -64,6 +83,7 @@ logger = logging.getLogger("open_speech.nemo")
 AED_CHUNK_SECONDS = 40.0  # Canary is trained on utterances up to 40 s
 FULL_ATTENTION_CHUNK_SECONDS = 600.0
 STREAMING_FAILED = ApiError(500, "The model failed while streaming.", code="model_error")
+VOICE_SECONDS = 30  # of a Sortformer speaker's speech, embedded to match it to the voices a request enrols
 
 
 @dataclass
@@ -90,7 +110,7 @@ def resolve_auto(config: NemoConfig) -> NemoConfig:
     return replace(config, device=device, dtype=dtype)
 
 
-def load_model(source: str, device: str) -> ASRModel:
+def load_model(source: str, device: str) -> ModelPT:
     """A local .nemo file through `restore_from`, else a Hugging Face id through `from_pretrained`."""
     if source.endswith(".nemo") and Path(source).is_file():
         return ASRModel.restore_from(source, map_location=device)
@@ -105,6 +125,8 @@ def read_config(source: str) -> DictConfig:
 
 
 def kind_of(cls: type) -> str:
+    if issubclass(cls, SortformerEncLabelModel):
+        return "diarizer"
     if issubclass(cls, EncDecMultiTaskModel):
         return "aed"
     if issubclass(cls, EncDecRNNTModel):  # TDT, RNNT, and hybrid RNNT-CTC models (their RNNT head)
@@ -155,20 +177,23 @@ class _BiasingRequest(Hypothesis):
 
 def model_card(config: NemoConfig, cfg: DictConfig) -> ModelCard:
     kind = kind_of(import_class_by_path(cfg.target))
-    languages = tuple(lang for lang in cfg.tokenizer.get("langs", {}) if lang != "spl_tokens")
     return ModelCard(
         id=config.name or Path(config.model).stem,
         family="nemo",
         aliases=tuple(a for a in config.aliases if a != config.name),
-        capabilities=config.capabilities(
-            Capabilities(
-                languages=languages if kind == "aed" else None,
-                translate=kind == "aed",
-                word_timestamps=kind != "aed",
-                live=is_cache_aware(cfg),
-            )
-        ),
+        capabilities=DIARIZE_ONLY if kind == "diarizer" else config.capabilities(_transcriber(kind, cfg)),
         settings={**asdict(config), "kind": kind, "cache_aware": is_cache_aware(cfg)},
+    )
+
+
+def _transcriber(kind: str, cfg: DictConfig) -> Capabilities:
+    """What an ASR model can do, as its class and config tell."""
+    languages = tuple(lang for lang in cfg.tokenizer.get("langs", {}) if lang != "spl_tokens")
+    return Capabilities(
+        languages=languages if kind == "aed" else None,
+        translate=kind == "aed",
+        word_timestamps=kind != "aed",
+        live=is_cache_aware(cfg),
     )
 
 
@@ -424,6 +449,86 @@ class NemoAPI(FamilyAPI):
                 yield only(len(jobs), i, segment_event(segment))
 
 
+class SortformerAPI(DiarizerAPI):
+    """A Sortformer as a diarizer: per-frame activity of up to 4 speakers (several at once where they
+    overlap), for the recordings of a batch in one padded batch, then NeMo's post-processing of it."""
+
+    config: NemoConfig
+
+    def setup(self, device: str) -> None:
+        nemo_logging.setLevel(logging.WARNING)
+        self.device = torch.device(device)
+        self.dtype = getattr(torch, self.config.dtype)
+        self.model = load_model(self.config.model, device).to(self.device, dtype=self.dtype).eval()
+        # diarize()'s default post-processing: a speaker speaks where its activity is over 0.5.
+        self.postprocessing = OmegaConf.structured(PostProcessingParams())
+        self.voices = BundledDiarizer()  # Sortformer enrols no voices: the bundled encoder matches them
+        logger.info("loaded %s (Sortformer diarizer) on %s as %s", self.config.model, device, self.config.dtype)
+
+    def prepare(self, job: DiarizationJob) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The recording, and its known voices' embeddings."""
+        known = {speaker.name: self.voices.embed(speaker.audio) for speaker in job.known}
+        return job.audio.read(), known
+
+    def diarize(self, prepared: list[tuple[np.ndarray, dict[str, np.ndarray]]]) -> list[list[Turn]]:
+        activity = self._activity([audio for audio, _ in prepared])
+        return [self._turns(frames, audio, known) for frames, (audio, known) in zip(activity, prepared, strict=True)]
+
+    def _activity(self, recordings: list[np.ndarray]) -> list[torch.Tensor]:
+        """Each recording's speaker activity (frames, speakers), in [0, 1], one frame per 80 ms."""
+        lengths = torch.tensor([len(audio) for audio in recordings])
+        signal = torch.zeros(len(recordings), int(lengths.max()))
+        for row, audio in enumerate(recordings):
+            samples = torch.from_numpy(audio)
+            # The offline model's forward scales its input by the peak of the whole batch: here each
+            # recording by its own, as when diarized alone (streaming models take it as it is).
+            signal[row, : len(audio)] = (
+                samples if self.model.streaming_mode else samples / (samples.max() + self.model.eps)
+            )
+        with torch.inference_mode():
+            mel, mel_lengths = self.model.preprocessor(
+                input_signal=signal.to(self.device), length=lengths.to(self.device)
+            )
+            mel = mel[:, :, : int(mel_lengths.max())].to(self.dtype)
+            if self.model.streaming_mode:  # chunk by chunk, with its cache of each speaker's voice: any length
+                activity = self.model.forward_streaming(mel, mel_lengths)
+                frames = torch.ceil(mel_lengths / self.model.encoder.subsampling_factor).long()
+            else:
+                embeddings, frames = self.model.frontend_encoder(
+                    processed_signal=mel, processed_signal_length=mel_lengths
+                )
+                activity = self.model.forward_infer(embeddings, frames)
+        return [rows[:count].float().cpu() for rows, count in zip(activity, frames.tolist(), strict=True)]
+
+    def _turns(self, activity: torch.Tensor, audio: np.ndarray, known: dict[str, np.ndarray]) -> list[Turn]:
+        """Turns in time order, as `diarize()` finds them (each speaker's speech post-processed, rounded to
+        10 ms and merged), clamped to the audio; speakers lettered, or named after `known` voices."""
+        duration = len(audio) / SAMPLE_RATE
+        spans = []
+        for speaker in range(activity.shape[1]):
+            found = ts_vad_post_processing(
+                activity[:, speaker], self.postprocessing, unit_10ms_frame_count=self.model.encoder.subsampling_factor
+            )
+            rounded = [[round(start, 2), round(end, 2)] for start, end in found.tolist()]
+            spans += [(start, min(end, duration), speaker) for start, end in merge_float_intervals(rounded)]
+        spans = sorted(span for span in spans if span[0] < span[1])
+        order = list(dict.fromkeys(speaker for _, _, speaker in spans))  # in order of first appearance
+        if known:
+            names = self.voices.name([_voice(audio, spans, speaker) for speaker in order], known)
+        else:
+            names = list(itertools.islice(letters(), len(order)))
+        label = dict(zip(order, names, strict=True))
+        return [Turn(start, end, label[speaker]) for start, end, speaker in spans]
+
+
+def _voice(audio: np.ndarray, spans: list[tuple[float, float, int]], speaker: int) -> np.ndarray:
+    """Up to VOICE_SECONDS of one speaker's speech: its turns' samples, end to end."""
+    pieces = [
+        audio[round(start * SAMPLE_RATE) : round(end * SAMPLE_RATE)] for start, end, who in spans if who == speaker
+    ]
+    return np.concatenate(pieces)[: VOICE_SECONDS * SAMPLE_RATE]
+
+
 def _segments(hyp: object, offset: float, end_of_audio: float) -> list[Segment]:
     """Segments with their words, from a hypothesis with NeMo's timestamps (seconds), shifted by `offset`.
 
@@ -461,7 +566,7 @@ def main(argv: list[str] | None = None) -> None:
     # several times the decoding itself (docs/benchmarks.md). The workers, started next, read this as
     # torch loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    api = NemoAPI(config, card)
+    api = (SortformerAPI if card.settings["kind"] == "diarizer" else NemoAPI)(config, card)
     serve(api, config, config.device, config.devices, config.workers_per_device)
 
 

@@ -1,4 +1,4 @@
-"""Tiny random-weight models of the real NeMo ASR classes, built at test time.
+"""Tiny random-weight models of the real NeMo ASR classes (and of its Sortformer diarizer), built at test time.
 
 Each builder writes a ``.nemo`` archive with ``save_to`` so that tests load it exactly the way real checkpoints
 load: ``ASRModel.restore_from(path, map_location="cpu")``. The architectures mirror the published models
@@ -27,6 +27,7 @@ TDT_DURATIONS = [0, 1, 2, 3, 4]
 # i.e. right context 13 -> 1.12 s chunks, 6 -> 560 ms, 1 -> 160 ms, 0 -> 80 ms.
 STREAMING_ATT_CONTEXTS = [[70, 13], [70, 6], [70, 1], [70, 0]]
 CANARY_LANGUAGES = ("en", "de", "es", "fr")
+SORTFORMER_SPEAKERS = 4  # as diar_sortformer_4spk-v1
 
 _D_MODEL = 64
 _N_MELS = 128  # as parakeet-tdt-0.6b-v2, canary-1b-flash and nemotron-speech-streaming use
@@ -398,6 +399,70 @@ def build_canary(folder: Path) -> Path:
             },
         }
         return _save(EncDecMultiTaskModel, cfg, Path(folder) / "tiny-canary.nemo")
+
+
+def _sortformer_cfg(**modules: Any) -> dict[str, Any]:
+    """Config of SortformerEncLabelModel as NeMo's sortformer_diarizer_hybrid_loss_4spk-v1.yaml has it, shrunk:
+    a 2-layer FastConformer (80 mels, 8x subsampling: a frame per 80 ms), its output projected to a 2-layer
+    Transformer encoder, and sigmoid activity of 4 speakers per frame. ``modules`` adds SortformerModules
+    options (the streaming ones)."""
+    tf_d_model = 32
+    return {
+        "sample_rate": SAMPLE_RATE,
+        "pil_weight": 0.5,
+        "ats_weight": 0.5,
+        "max_num_of_spks": SORTFORMER_SPEAKERS,
+        "model_defaults": {"fc_d_model": _D_MODEL, "tf_d_model": tf_d_model},
+        "preprocessor": {**_preprocessor(), "features": 80},
+        "sortformer_modules": {
+            "_target_": "nemo.collections.asr.modules.sortformer_modules.SortformerModules",
+            "num_spks": SORTFORMER_SPEAKERS,
+            "dropout_rate": 0.5,
+            "fc_d_model": _D_MODEL,
+            "tf_d_model": tf_d_model,
+            **modules,
+        },
+        "encoder": _encoder(feat_in=80, use_bias=True),
+        "transformer_encoder": {
+            "_target_": "nemo.collections.asr.modules.transformer.transformer_encoders.TransformerEncoder",
+            "num_layers": 2,
+            "hidden_size": tf_d_model,
+            "inner_size": 4 * tf_d_model,
+            "num_attention_heads": 4,
+            "attn_score_dropout": 0.5,
+            "attn_layer_dropout": 0.5,
+            "ffn_dropout": 0.5,
+            "hidden_act": "relu",
+            "pre_ln": False,
+            "pre_ln_final_layer_norm": True,
+        },
+        "loss": {"_target_": "nemo.collections.asr.losses.bce_loss.BCELoss", "weight": None, "reduction": "mean"},
+    }
+
+
+def build_sortformer(folder: Path) -> Path:
+    """Offline Sortformer diarizer (SortformerEncLabelModel) like nvidia/diar_sortformer_4spk-v1."""
+    from nemo.collections.asr.models import SortformerEncLabelModel
+
+    return _save(SortformerEncLabelModel, _sortformer_cfg(), Path(folder) / "tiny-sortformer.nemo")
+
+
+def build_streaming_sortformer(folder: Path) -> Path:
+    """Streaming Sortformer like nvidia/diar_streaming_sortformer_4spk-v2: the same network, run on chunks of
+    12 frames (0.96 s) with a speaker cache of 40 frames and a FIFO of 20, so that a 10 s clip takes a dozen
+    steps and several cache updates."""
+    from nemo.collections.asr.models import SortformerEncLabelModel
+
+    streaming = {
+        "spkcache_len": 40,
+        "fifo_len": 20,
+        "chunk_len": 12,
+        "spkcache_update_period": 12,
+        "chunk_left_context": 1,
+        "chunk_right_context": 1,
+    }
+    cfg = {**_sortformer_cfg(**streaming), "streaming_mode": True}
+    return _save(SortformerEncLabelModel, cfg, Path(folder) / "tiny-streaming-sortformer.nemo")
 
 
 def build_all(folder: Path) -> dict[str, Path]:
