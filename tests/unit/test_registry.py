@@ -39,6 +39,8 @@ def test_a_nemo_entry_that_declares_it_diarizes_is_a_diarizer(tmp_path: Path) ->
     registry = Registry.load(write_registry(tmp_path, TINY_EN, sortformer, diarizer="sortformer"))
     entry = registry.models["sortformer"]
     assert entry.diarizes and entry.capabilities == DIARIZE_ONLY and registry.diarizer == "sortformer"
+    shipped = Registry.load(REPO / "configs" / "models.yaml").resolve("sortformer")
+    assert shipped is not None and shipped.family == "nemo" and shipped.diarizes
 
 
 def test_only_nemo_entries_declare_diarizes(tmp_path: Path) -> None:
