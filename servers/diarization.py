@@ -1,8 +1,9 @@
 """The diarization family: `python servers/diarization.py [--option value ...]`, who spoke when.
 
 Serves `POST /v1/audio/diarizations` (see `specs.diarization`) with the bundled diarizer, offline on the
-CPU, as `diarizer`. Options come from configs/diarization.yaml, OPEN_SPEECH_* variables and the command
-line.
+CPU, as `diarizer`; or, given `--model pyannote/speaker-diarization-community-1` (a Hugging Face repo id of
+a pyannote.audio pipeline, or a local folder of one), with pyannote.audio. Options come from
+configs/diarization.yaml, OPEN_SPEECH_* variables and the command line.
 
 The bundled diarizer: Resemblyzer's GE2E voice encoder (an LSTM over mel frames, giving L2-normalised
 voice embeddings) is the one speaker model whose weights load here without a network: they ship in its
@@ -19,6 +20,11 @@ whose voice is like enough one the request enrolled (`known_speaker_references[]
 Cross-request batching: the windows of every recording LitServe batched together go through the
 encoder together (the LSTM's cost is mostly per step, whatever the rows); VAD, clustering and naming
 are per recording. A batch that fails is retried recording by recording, so one bad request fails alone.
+
+pyannote.audio (`bash .ci/setup.sh pyannote`; torch and pyannote are imported only for it): its pipeline
+(community-1's: segmentation, WeSpeaker embeddings, VBx clustering on a PLDA) runs on each recording's
+decoded samples, one recording at a time; known voices are embedded by the pipeline's own embedding model
+and named by the same matching as the bundled diarizer's, against the speakers' centroids it gives.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ if __name__ == "__main__" and __spec__ is None:  # run as a script: run as the m
 import importlib.util
 import itertools
 import logging
+import os
 import pickle
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
@@ -40,6 +47,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import scipy.fft
 from faster_whisper.vad import VadOptions, get_speech_timestamps
+from huggingface_hub import snapshot_download
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.optimize import linear_sum_assignment
 from threadpoolctl import threadpool_limits
@@ -78,6 +86,10 @@ TURN_PAD = 25  # frames a turn reaches into the silence either side (up to halfw
 KNOWN_THRESHOLD = 0.75  # cosine similarity a speaker's centroid needs to an enrolled voice to be named
 BATCH = 128  # windows through the LSTM at once: rows enough for fast matrix products, bounded memory
 MEL_BLOCK = 6000  # mel frames computed at once (a minute)
+# Cosine similarity a pyannote speaker's centroid needs to an enrolled voice (WeSpeaker embeddings) to be
+# named. Not measured here (the real weights cannot be downloaded here): the middle of what projects
+# matching WeSpeaker or pyannote embeddings use, 0.45 to 0.65.
+PYANNOTE_KNOWN_THRESHOLD = 0.5
 
 
 @dataclass
@@ -99,21 +111,28 @@ def model_card(config: DiarizationConfig) -> ModelCard:
 
 
 class DiarizationAPI(DiarizerAPI):
-    """The bundled diarizer behind `specs.diarization`: the speech windows of every recording of a batch
-    through the encoder together."""
+    """The bundled diarizer behind `specs.diarization` (the speech windows of every recording of a batch
+    through the encoder together), or a pyannote pipeline (the recordings one after the other): both have
+    the same interface."""
 
     config: DiarizationConfig
 
     def setup(self, device: str) -> None:
-        self.diarizer = BundledDiarizer()
-        logger.info("loaded the bundled diarizer (resemblyzer's encoder in numpy) on the CPU")
+        self.diarizer: BundledDiarizer | PyannoteDiarizer
+        if self.config.model == BUNDLED:
+            self.diarizer = BundledDiarizer()
+            logger.info("loaded the bundled diarizer (resemblyzer's encoder in numpy) on the CPU")
+        else:
+            self.diarizer = PyannoteDiarizer(self.config.model, device)
+            logger.info("loaded pyannote.audio's pipeline from %s on %s", self.config.model, device)
 
-    def prepare(self, job: DiarizationJob) -> tuple[Recording, dict[str, np.ndarray]]:
-        """The job's speech windows, and its known voices' embeddings."""
+    def prepare(self, job: DiarizationJob) -> tuple[Recording | Speakers, dict[str, np.ndarray]]:
+        """The job's speech windows (the bundled diarizer) or speakers (pyannote's), and its known voices'
+        embeddings."""
         known = {speaker.name: self.diarizer.embed(speaker.audio) for speaker in job.known}
         return self.diarizer.prepare(job.audio.read()), known
 
-    def diarize(self, prepared: list[tuple[Recording, dict[str, np.ndarray]]]) -> list[list[Turn]]:
+    def diarize(self, prepared: list[tuple[Any, dict[str, np.ndarray]]]) -> list[list[Turn]]:
         return self.diarizer.diarize_batch(prepared)
 
 
@@ -392,15 +411,15 @@ def _cluster(embeddings: np.ndarray, lengths: np.ndarray, durations: np.ndarray)
         centroids = centroids[kept]
 
 
-def _names(centroids: np.ndarray, known: dict[str, np.ndarray]) -> list[str]:
-    """A name per speaker (centroids in order of first appearance): the enrolled voice it is most like, when
-    like it enough, each name given once (the pairing of most total similarity); letters, in order, for
-    the others."""
+def _names(centroids: np.ndarray, known: dict[str, np.ndarray], threshold: float = KNOWN_THRESHOLD) -> list[str]:
+    """A name per speaker (centroids, unit vectors, in order of first appearance): the enrolled voice it is
+    most like, when at least `threshold` like it (cosine similarity), each name given once (the pairing of
+    most total similarity); letters, in order, for the others."""
     names: list[str | None] = [None] * len(centroids)
     if known:
         similarity = centroids @ _unit(np.stack(list(known.values())), axis=1).T
         for row, col in zip(*linear_sum_assignment(similarity, maximize=True), strict=True):
-            if similarity[row, col] >= KNOWN_THRESHOLD:
+            if similarity[row, col] >= threshold:
                 names[row] = list(known)[col]
     free = (letter for letter in letters() if letter not in known)
     return [name if name is not None else next(free) for name in names]
@@ -509,16 +528,97 @@ def _materialize(obj: Any) -> Any:
     return obj
 
 
+class PyannoteDiarizer:
+    """A pyannote.audio 4 speaker diarization pipeline (pyannote/speaker-diarization-community-1's, or
+    another with speaker embeddings), with the bundled diarizer's interface: `embed`, `prepare`,
+    `diarize_batch`. torch and pyannote.audio are imported here only, so that the bundled diarizer and the
+    default install never need them."""
+
+    def __init__(self, source: str, device: str) -> None:
+        """Load the pipeline from `source`, a local folder or a hub repo id: the repo is read from the Hugging
+        Face cache, where `/api/pull` puts it; what is missing there is downloaded (HF_TOKEN for a gated repo,
+        as community-1 is). A folder is handed to pyannote, which then never goes to the hub itself."""
+        # pyannote.audio sends usage telemetry to pyannote.ai unless this says no: a self-hosted server does not.
+        os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "false")
+        import torch
+        from pyannote.audio import Pipeline
+
+        folder = source if Path(source).is_dir() else snapshot_download(source)
+        self._pipeline = Pipeline.from_pretrained(folder).to(torch.device(device))
+
+    def embed(self, audio: np.ndarray) -> np.ndarray:
+        """A voice's embedding (unit vector) from a recording of it (16 kHz mono float32), by the pipeline's
+        own embedding model (`_embedding`: pyannote has no public handle on it), in whose space its
+        speakers' centroids are."""
+        return _unit(self._pipeline._embedding(_tensor(audio)[None])[0])
+
+    def prepare(self, audio: np.ndarray) -> Speakers:
+        """The pipeline's speakers in a recording (16 kHz mono float32), given its samples (so that pyannote
+        reads no file): its exclusive diarization (one speaker at a time, as turns are), and each speaker's
+        centroid."""
+        duration = audio.size / SAMPLE_RATE
+        found = self._pipeline({"waveform": _tensor(audio), "sample_rate": SAMPLE_RATE})
+        tracks = sorted(
+            (segment.start, min(segment.end, duration), label)
+            for segment, _, label in found.exclusive_speaker_diarization.itertracks(yield_label=True)
+        )
+        tracks = [(start, end, label) for start, end, label in tracks if start < end]
+        first_seen = list(dict.fromkeys(label for _, _, label in tracks))
+        rows = found.speaker_diarization.labels()  # the rows of speaker_embeddings
+        # A speaker pyannote found no clean speech of has no centroid (NaN, or a row of zeros): named by
+        # nothing, a letter.
+        centroids = np.nan_to_num(found.speaker_embeddings[[rows.index(label) for label in first_seen]])
+        order = {label: k for k, label in enumerate(first_seen)}
+        return Speakers([(start, end, order[label]) for start, end, label in tracks], _unit(centroids, axis=1))
+
+    def diarize_batch(self, recordings: list[tuple[Speakers, dict[str, np.ndarray]]]) -> list[list[Turn]]:
+        """Each recording's turns, its speakers named after the known voices (`embed`) or lettered."""
+        return [speakers.turns(known) for speakers, known in recordings]
+
+
+@dataclass
+class Speakers:
+    """What pyannote's pipeline found in a recording: turns (start and end in seconds, speaker index), in
+    order, speakers numbered in order of first appearance; and their centroids (unit vectors)."""
+
+    tracks: list[tuple[float, float, int]]
+    centroids: np.ndarray
+
+    def turns(self, known: dict[str, np.ndarray]) -> list[Turn]:
+        """The turns, each speaker named by the known voice like it (see `_names`) or lettered."""
+        names = _names(self.centroids, known, PYANNOTE_KNOWN_THRESHOLD)
+        return [Turn(start, end, names[speaker]) for start, end, speaker in self.tracks]
+
+
+def _tensor(audio: np.ndarray) -> Any:
+    """16 kHz mono samples as pyannote takes a waveform: a float32 tensor (channel, time)."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[None]
+
+
+def pyannote_device(device: str) -> str:
+    """`auto`: CUDA when torch sees a GPU, else the CPU."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def main(argv: list[str] | None = None) -> None:
     config = load(DiarizationConfig, "diarization", argv)
     configure_logging(config.log_level)
-    if config.model != BUNDLED:
-        raise SystemExit(
-            f"servers/diarization.py serves the bundled diarizer only (--model bundled), not {config.model!r}"
-        )
-    if config.device not in ("auto", "cpu"):
-        raise SystemExit(f"the bundled diarizer runs on the CPU (--device auto or cpu), not {config.device!r}")
-    serve(DiarizationAPI(config, model_card(config)), config, "cpu", "1", config.workers_per_device)
+    if config.model == BUNDLED:
+        if config.device not in ("auto", "cpu"):
+            raise SystemExit(f"the bundled diarizer runs on the CPU (--device auto or cpu), not {config.device!r}")
+        device = "cpu"
+    else:
+        device = pyannote_device(config.device)
+        # torch's OpenMP threads spin while they wait for work, as in servers/nemo.py: the workers read this
+        # as torch loads.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    serve(DiarizationAPI(config, model_card(config)), config, device, "1", config.workers_per_device)
 
 
 if __name__ == "__main__":
