@@ -35,6 +35,8 @@ FAMILY_SCRIPTS = {
 # The package each family needs: installed by `bash .ci/setup.sh <extra>` (nemo, onnx); resemblyzer (only
 # its weights, for the bundled diarizer) by every install.
 FAMILY_PACKAGES = {"faster-whisper": "faster_whisper", "nemo": "nemo", "onnx": "onnx_asr", "diarization": "resemblyzer"}
+# Diarization entries whose source is not `bundled` are pyannote.audio pipelines: `bash .ci/setup.sh pyannote`.
+PYANNOTE = "pyannote"
 
 
 @dataclass(frozen=True)
@@ -79,9 +81,15 @@ class ModelEntry:
         return f"servers.{self.script.stem}"
 
     @property
+    def extra(self) -> str:
+        """What `bash .ci/setup.sh <extra>` installs the family's package with."""
+        return PYANNOTE if self.family == "diarization" and self.source != "bundled" else self.family
+
+    @property
     def installed(self) -> bool:
         """Whether this installation has the family's script and package."""
-        return self.script.exists() and importlib.util.find_spec(FAMILY_PACKAGES[self.family]) is not None
+        package = "pyannote.audio" if self.extra == PYANNOTE else FAMILY_PACKAGES[self.family]
+        return self.script.exists() and _importable(package)
 
     @property
     def is_hub_repo(self) -> bool:
@@ -152,6 +160,14 @@ class Registry:
         if diarizer and (diarizer not in models or not models[diarizer].diarizes):
             raise ValueError(f"{path}: the diarizer '{diarizer}' is not a diarization model of the registry")
         return cls(default, models, diarizer)
+
+
+def _importable(module: str) -> bool:
+    """Whether `module` can be imported, without importing it (only the packages it is in)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a package it is in is missing
+        return False
 
 
 def _entry(raw: dict[str, Any], path: Path) -> ModelEntry:

@@ -252,7 +252,7 @@ class Supervisor:
         if not entry.installed:
             raise ApiError(
                 501,
-                f"The {entry.family} family is not installed here (bash .ci/setup.sh {entry.family}).",
+                f"The {entry.family} family is not installed here (bash .ci/setup.sh {entry.extra}).",
                 param="model",
                 code="family_unavailable",
             )

@@ -46,3 +46,11 @@ def test_a_nemo_entry_that_declares_it_diarizes_is_a_diarizer(tmp_path: Path) ->
 def test_only_nemo_entries_declare_diarizes(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="only nemo entries declare diarizes"):
         Registry.load(write_registry(tmp_path, {**TINY_EN, "diarizes": True}))
+
+
+def test_diarizers_from_a_repo_or_folder_are_pyannote_pipelines() -> None:
+    """Loading one where pyannote.audio is missing answers 501 with the command that installs it."""
+    registry = Registry.load(REPO / "configs" / "models.yaml")
+    pyannote = registry.models["pyannote-community-1"]
+    assert pyannote.diarizes and pyannote.is_hub_repo and pyannote.extra == "pyannote"
+    assert registry.models[registry.diarizer].extra == "diarization"
