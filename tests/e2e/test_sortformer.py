@@ -134,8 +134,9 @@ def test_a_streaming_sortformer_diarizes_like_nemo(models: dict[str, Path]) -> N
     api = SortformerAPI(config, model_card(config, read_config(config.model)))
     api.setup("cpu")
     assert api.model.streaming_mode
-    found = api.diarize([(decode_audio(str(clip.path)), {}) for clip in CLIPS])
-    for clip, turns in zip(CLIPS, found, strict=True):
+    clips = CLIPS[:2]
+    found = api.diarize([(decode_audio(str(clip.path)), {}) for clip in clips])
+    for clip, turns in zip(clips, found, strict=True):
         assert turns and same_turns(turns, nemo_turns(api.model, clip.path))
 
 
