@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import signal
@@ -9,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import wave
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,6 +25,7 @@ import yaml
 from scipy.optimize import linear_sum_assignment
 from whisper_normalizer.english import EnglishTextNormalizer
 
+from common.audio import SAMPLE_RATE
 from common.speakers import Turn
 from router.supervisor import free_port
 
@@ -118,6 +122,22 @@ def der(truth: list[Turn], turns: list[Turn], duration: float) -> float:
     false_alarm = np.sum((ref < 0) & (hyp >= 0))
     confusion = both.sum() - overlap[rows, cols].sum()
     return float((missed + false_alarm + confusion) / np.sum(ref >= 0))
+
+
+def wav(samples: np.ndarray) -> bytes:
+    """16 kHz samples as a 16-bit WAV file."""
+    out = io.BytesIO()
+    with wave.open(out, "wb") as file:
+        file.setnchannels(1)
+        file.setsampwidth(2)
+        file.setframerate(SAMPLE_RATE)
+        file.writeframes(np.clip(np.rint(samples * 32768), -32768, 32767).astype("<i2").tobytes())
+    return out.getvalue()
+
+
+def data_url(samples: np.ndarray) -> str:
+    """16 kHz samples as a known speaker's reference: a WAV data URL."""
+    return "data:audio/wav;base64," + base64.b64encode(wav(samples)).decode()
 
 
 # Registry entries (configs/models.yaml's format) for test routers.

@@ -9,9 +9,7 @@ clips of the same speakers.
 from __future__ import annotations
 
 import base64
-import io
 import json
-import wave
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -29,9 +27,11 @@ from tests.helpers import (
     FRAME,
     TINY_EN,
     ServerProcess,
+    data_url,
     der,
     scored_frames,
     speaker_frames,
+    wav,
     write_registry,
 )
 
@@ -56,20 +56,6 @@ def clip(name: str, seconds: float | None = None) -> np.ndarray:
     """A dev/ clip (its first `seconds`, if given)."""
     audio = decode_audio(str(DEV / f"{name}.flac"))
     return audio if seconds is None else audio[: int(seconds * SAMPLE_RATE)]
-
-
-def wav(samples: np.ndarray) -> bytes:
-    out = io.BytesIO()
-    with wave.open(out, "wb") as file:
-        file.setnchannels(1)
-        file.setsampwidth(2)
-        file.setframerate(SAMPLE_RATE)
-        file.writeframes(np.clip(np.rint(samples * 32768), -32768, 32767).astype("<i2").tobytes())
-    return out.getvalue()
-
-
-def data_url(samples: np.ndarray) -> str:
-    return "data:audio/wav;base64," + base64.b64encode(wav(samples)).decode()
 
 
 def conversation() -> tuple[bytes, list[Turn]]:

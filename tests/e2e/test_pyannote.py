@@ -8,24 +8,19 @@ in order, inside the audio, never overlapping, speakers lettered or named), not 
 
 from __future__ import annotations
 
-import base64
 import importlib.util
-import io
 import itertools
 import json
-import wave
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 from faster_whisper import decode_audio
 
-from common.audio import SAMPLE_RATE
 from common.speakers import NAMES, REFERENCES, Turn, speakers
 from tests import pyannote_models
-from tests.helpers import TINY_EN, ServerProcess, corpus, hub_env, write_registry
+from tests.helpers import TINY_EN, ServerProcess, corpus, data_url, hub_env, write_registry
 from tests.hub_standin import HubStandin
 
 if importlib.util.find_spec("pyannote") is None:  # not imported here: its import alone takes seconds
@@ -51,16 +46,6 @@ def router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
             events = [json.loads(line) for line in pulled.text.splitlines()]
             assert pulled.status_code == 200 and events[-1] == {"status": "success"}, pulled.text
             yield server
-
-
-def data_url(samples: np.ndarray) -> str:
-    out = io.BytesIO()
-    with wave.open(out, "wb") as file:
-        file.setnchannels(1)
-        file.setsampwidth(2)
-        file.setframerate(SAMPLE_RATE)
-        file.writeframes(np.clip(np.rint(samples * 32768), -32768, 32767).astype("<i2").tobytes())
-    return "data:audio/wav;base64," + base64.b64encode(out.getvalue()).decode()
 
 
 def diarize(router: ServerProcess, path: Path, **data: object) -> dict:
