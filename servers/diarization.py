@@ -56,7 +56,8 @@ from common.audio import SAMPLE_RATE
 from common.config import ServerConfig, load
 from common.models import DIARIZE_ONLY, ModelCard
 from common.speakers import Turn, letters
-from specs.diarization import DiarizationJob, DiarizerAPI
+from specs.diarization import DiarizationJob
+from specs.family import DiarizerAPI
 from specs.serving import configure_logging, serve
 
 logger = logging.getLogger("open_speech.diarization")

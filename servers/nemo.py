@@ -75,8 +75,8 @@ from common.transcript import Segment, Word
 from common.windows import plan
 from servers.diarization import BundledDiarizer
 from servers.nemo_streaming import LiveStream, step_round
-from specs.diarization import DiarizationJob, DiarizerAPI
-from specs.family import FamilyAPI, Step, batch_or_singly, only
+from specs.diarization import DiarizationJob
+from specs.family import DiarizerAPI, FamilyAPI, Step, batch_or_singly, only
 from specs.serving import configure_logging, serve
 
 logger = logging.getLogger("open_speech.nemo")

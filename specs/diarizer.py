@@ -14,8 +14,7 @@ from common.audio import SAMPLE_RATE, Audio
 from common.errors import ApiError
 from common.middleware import request_id
 from common.speakers import Diarization, Turn
-
-PATH = "/v1/audio/diarizations"
+from specs.diarization import PATH
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """The bases every model family's LitAPI builds on: `FamilyAPI` (batches) and `ConcurrentFamilyAPI`
-(jobs side by side)."""
+(jobs side by side) transcribe; `DiarizerAPI` tells who spoke when."""
 
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ from common.config import ServerConfig, TranscriptionConfig
 from common.errors import model_failed, queue_timeout
 from common.jobs import TranscriptionJob, error_event
 from common.models import ModelCard
+from common.speakers import Diarization, Turn
+from specs.diarization import DiarizationJob, DiarizationSpec, diarization_event
 from specs.diarizer import DiarizerClient
 from specs.heartbeat import workers_alive
 from specs.openai_audio import OpenAIAudioSpec
@@ -234,3 +236,55 @@ class _JobsLoop(ContinuousBatchingLoop):
             self.work.clear()
             await self.work.wait()
         await super().run(lit_api, *args, **kwargs)
+
+
+class DiarizerAPI(_Family):
+    """A LitAPI behind `DiarizationSpec`, a batch of `DiarizationJob`s at a time, one event per job.
+
+    Families implement `prepare`, what a job needs from its recording (read one job at a time, so that
+    one recording's samples are in memory at a time while it is prepared), and `diarize`, the turns of
+    prepared jobs, together. A batch that fails is retried job by job, so one bad request fails alone.
+    """
+
+    def __init__(self, config: ServerConfig, card: ModelCard) -> None:
+        """`config` is the family's own config; it has max_batch_size and batch_timeout for LitServe."""
+        super().__init__(
+            spec=DiarizationSpec(card, AudioLimits(config.max_audio_seconds), config.max_queued_audio_seconds),
+            max_batch_size=config.max_batch_size,
+            batch_timeout=config.batch_timeout,  # type: ignore[attr-defined]
+        )
+        self.config = config
+
+    def prepare(self, job: DiarizationJob) -> Any:
+        raise NotImplementedError
+
+    def diarize(self, prepared: list[Any]) -> list[list[Turn]]:
+        raise NotImplementedError
+
+    def predict(self, x: DiarizationJob | list[DiarizationJob]) -> Iterator[Any]:
+        """One step: an event per job (None for a job whose client left before it was read)."""
+        jobs = x if isinstance(x, list) else [x]
+        for step in metrics.observe_batch(self.spec.model.id, jobs, self._steps(jobs)):
+            if self.max_batch_size > 1:
+                yield step
+            elif step[0] is not None:
+                yield step[0]
+
+    def _steps(self, jobs: list[DiarizationJob]) -> Iterator[list[dict[str, Any] | None]]:
+        """The batch's one step, made as it is asked for (so that the batch's metrics time it)."""
+        step: list[dict[str, Any] | None] = [None] * len(jobs)
+        prepared = []
+        for index, job in enumerate(jobs):
+            try:
+                prepared.append((index, self.prepare(job)))
+            except Cancelled:
+                logger.info("job skipped: its client left")
+            except Exception:
+                logger.exception("preparing a recording failed")
+                step[index] = error_event(model_failed("diarizing"))
+        for (index, _), turns in batch_or_singly(
+            prepared, lambda batch: self.diarize([item for _, item in batch]), "diarization"
+        ):
+            result = None if turns is None else Diarization(jobs[index].duration, tuple(turns))
+            step[index] = error_event(model_failed("diarizing")) if result is None else diarization_event(result)
+        yield step

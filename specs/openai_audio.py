@@ -12,31 +12,25 @@ can fail is checked before the first byte is sent, so errors keep their HTTP sta
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
-import uuid
-from collections import deque
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, File, Form, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from litserve.specs.base import LitSpec
-from litserve.utils import LitAPIStatus, ResponseBufferItem, WorkerSetupStatus
 
 from common import metrics
-from common.audio import Audio, AudioError, AudioLimits, decode
-from common.errors import ApiError, model_failed, queue_timeout
+from common.audio import AudioLimits
+from common.errors import ApiError
 from common.formats import RESPONSE_FORMATS, SPEAKER_FORMATS, diarized_segment, render, usage
-from common.jobs import LiveStep, TranscriptionJob, parse_keywords, read_error
+from common.jobs import LiveStep, TranscriptionJob, parse_keywords
 from common.languages import LANGUAGES
-from common.models import DIARIZING_MODEL_IDS, ModelCard, model_object
+from common.models import DIARIZING_MODEL_IDS, ModelCard
 from common.speakers import SpeakerSplitter
 from common.transcript import Segment, Task, Transcript, join_text
 from common.windows import Chunking
+from specs.base import ModelSpec
 from specs.diarizer import DiarizerClient
 
 if TYPE_CHECKING:
@@ -58,36 +52,18 @@ async def _shared_fields(
     return locals()
 
 
-class OpenAIAudioSpec(LitSpec):
+class OpenAIAudioSpec(ModelSpec):
     def __init__(
         self, model: ModelCard, limits: AudioLimits, max_queued_seconds: float, diarizer: DiarizerClient | None
     ) -> None:
-        super().__init__()
+        super().__init__(model, limits, max_queued_seconds, "transcribing")
         self.api_path = "/v1/audio/transcriptions"
-        self.model = model
-        self.limits = limits
         self.diarizer = diarizer  # who spoke: None where no diarization server is configured
-        self.admission = Admission(max_queued_seconds)
-        self._workers_ready = False
-
-    @property
-    def stream(self) -> bool:
-        # Workers always stream events; non-streaming responses are assembled from them here.
-        return True
 
     def pre_setup(self, lit_api: LitAPI) -> None:
+        super().pre_setup(lit_api)
         self.add_endpoint("/v1/audio/transcriptions", self.transcriptions, ["POST"])
         self.add_endpoint("/v1/audio/translations", self.translations, ["POST"])
-        self.add_endpoint("/v1/models", self.list_models, ["GET"])
-        self.add_endpoint("/v1/models/{model_id:path}", self.get_model, ["GET"])
-        self.add_endpoint("/metrics", self.prometheus, ["GET"])
-
-    # Worker side: jobs pass through unchanged; each step is one event (or a list, one per batch item).
-    def decode_request(self, request: TranscriptionJob, context_kwargs: dict | None = None) -> TranscriptionJob:
-        return request
-
-    def encode_response(self, output: Iterator[Any], context_kwargs: dict | None = None) -> Iterator[Any]:
-        yield from output
 
     # ---- routes -------------------------------------------------------------------------------
     async def transcriptions(
@@ -146,28 +122,11 @@ class OpenAIAudioSpec(LitSpec):
     ) -> Response:
         return await self._handle(file, _Form.parse(task="translate", **shared))
 
-    async def list_models(self) -> dict[str, Any]:
-        return {"object": "list", "data": [self._model_object(name) for name in self.model.names]}
-
-    async def get_model(self, model_id: str) -> dict[str, Any]:
-        if model_id not in self.model.names:
-            raise unknown_model(model_id)
-        return {**self._model_object(model_id), "config": self.model.settings}
-
-    async def prometheus(self) -> Response:
-        """Prometheus metrics of this server's processes (see `common.metrics`)."""
-        return metrics.response()
-
     # ---- request handling ---------------------------------------------------------------------
     async def _handle(self, file: UploadFile, form: _Form) -> Response:
-        if form.model not in self.model.names:
-            raise unknown_model(form.model)
+        self._check(form.model)
         self._check_capabilities(form)
         candidates = self._candidates(form)
-        if not self._ready():
-            raise ApiError(
-                503, "The model is still loading; retry shortly.", code="model_not_ready", headers={"Retry-After": "2"}
-            )
         if form.speakers and self.diarizer is None:
             raise ApiError(
                 400,
@@ -196,7 +155,7 @@ class OpenAIAudioSpec(LitSpec):
             live=form.live,
         )
         diarizing = self.diarizer.start(audio, *form.known_speakers) if self.diarizer and form.speakers else None
-        events = self._submit(job)
+        events = self._events(job)
         try:  # errors surface here, before any byte is sent
             first = await _next_event(events)
             turns = await diarizing if diarizing else None
@@ -226,22 +185,6 @@ class OpenAIAudioSpec(LitSpec):
         if isinstance(body, dict):
             return JSONResponse(body)
         return PlainTextResponse(body)
-
-    async def _decode_upload(self, file: UploadFile, allow_empty: bool = False) -> Audio:
-        """The upload spooled as 16 kHz PCM (a live stream's last request may carry no new audio), decoded
-        on a thread; if the client leaves meanwhile, the spool is deleted once the thread is done."""
-        file.file.seek(0, 2)
-        if file.file.tell() == 0 and not allow_empty:
-            raise AudioError("The audio file is empty.", code="empty_file")
-        file.file.seek(0)
-        decoding = asyncio.ensure_future(
-            asyncio.to_thread(decode, file.file, file.content_type, self.limits, allow_empty=allow_empty)
-        )
-        try:
-            return await asyncio.shield(decoding)
-        except asyncio.CancelledError:
-            decoding.add_done_callback(lambda done: done.cancelled() or done.exception() or done.result().delete())
-            raise
 
     def _check_capabilities(self, form: _Form) -> None:
         card, able = self.model, self.model.capabilities
@@ -278,45 +221,6 @@ class OpenAIAudioSpec(LitSpec):
                 code="unsupported_language",
             )
         return candidates
-
-    def _ready(self) -> bool:
-        """Whether a worker has finished its setup; asked of the Manager (a round trip) only until one has."""
-        if not self._workers_ready:
-            status = self._server.workers_setup_status if self._server else {}
-            self._workers_ready = any(v == WorkerSetupStatus.READY for v in status.values())
-        return self._workers_ready
-
-    def _submit(self, job: TranscriptionJob) -> AsyncIterator[dict[str, Any]]:
-        uid = uuid.uuid4()
-        queue: deque = deque()
-        event = asyncio.Event()
-        self.response_buffer[uid] = ResponseBufferItem(response_queue=queue, event=event)
-        return self._events(uid, queue, event, job)
-
-    async def _events(
-        self, uid: uuid.UUID, queue: deque, event: asyncio.Event, job: TranscriptionJob
-    ) -> AsyncIterator[dict[str, Any]]:
-        """The worker's events for one job; worker errors become `ApiError`s. However it ends (done,
-        failed, its client gone), its audio is deleted: a worker still decoding it stops there."""
-        depth = metrics.queue_depth(self.model.id)
-        depth.inc()
-        try:
-            with self.admission.hold(job.audio.duration):
-                # A multiprocessing queue (see `specs.transport`): its put hands the job to a feeder thread.
-                self.request_queue.put((self.response_queue_id, uid, time.monotonic(), job))
-                async for data, status in self.data_streamer(queue, event, send_status=True):
-                    if status == LitAPIStatus.ERROR:
-                        raise _worker_error(data)
-                    if not data:
-                        continue  # a batch step that had nothing for this request
-                    message = json.loads(data)
-                    if message["event"] == "error":
-                        raise read_error(message)
-                    yield message
-        finally:
-            job.audio.delete()
-            depth.dec()
-            self.response_buffer.pop(uid, None)
 
     async def _sse(
         self,
@@ -355,35 +259,6 @@ class OpenAIAudioSpec(LitSpec):
         except ApiError as exc:
             yield _sse_data(exc.body())
         yield "data: [DONE]\n\n"
-
-    def _model_object(self, name: str) -> dict[str, Any]:
-        return model_object(name, self.model.family, self.model.capabilities, root=self.model.id)
-
-
-class Admission:
-    """Audio seconds queued and in flight for the model (in this API process). Past `limit`, new requests
-    get 503 with Retry-After instead of piling up: a request alone is always taken, however long."""
-
-    def __init__(self, limit: float) -> None:
-        self.limit = limit
-        self.seconds = 0.0
-
-    @contextmanager
-    def hold(self, seconds: float) -> Iterator[None]:
-        """Count `seconds` of audio while the block runs; 503 when there is too much already."""
-        if self.seconds and self.seconds + seconds > self.limit:
-            raise ApiError(
-                503,
-                f"The server has {self.seconds:.0f} s of audio to transcribe already (its limit is "
-                f"{self.limit:g} s); retry later.",
-                code="audio_queue_full",
-                headers={"Retry-After": "10"},
-            )
-        self.seconds += seconds
-        try:
-            yield
-        finally:
-            self.seconds -= seconds
 
 
 @dataclass(frozen=True)
@@ -538,21 +413,6 @@ def _language_code(value: str, param: str) -> str:
 def _parse_languages(values: list[str] | None) -> tuple[str, ...]:
     """Candidate languages, each an ISO-639-1 code, in the client's order without repeats."""
     return tuple(dict.fromkeys(_language_code(value, "languages[]") for value in values or ()))
-
-
-def unknown_model(model: str) -> ApiError:
-    return ApiError(
-        404,
-        f"The model '{model}' does not exist or is not served here; see /v1/models.",
-        param="model",
-        code="model_not_found",
-    )
-
-
-def _worker_error(data: Any) -> ApiError:
-    if getattr(data, "status_code", 500) == 504:  # LitServe's batching loops refused a job that waited too long
-        return queue_timeout()
-    return model_failed()
 
 
 def _segment_fields(message: dict[str, Any]) -> dict[str, Any]:
