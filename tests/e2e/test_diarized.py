@@ -5,13 +5,10 @@ srt and vtt, the CLI's `--diarize`, and each refusal."""
 from __future__ import annotations
 
 import asyncio
-import base64
-import io
 import itertools
 import json
 import subprocess
 import sys
-import wave
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +20,7 @@ import websockets
 from faster_whisper import decode_audio
 from openai.types.audio import TranscriptionDiarized, TranscriptionTextSegmentEvent
 
-from tests.helpers import CORPUS, ServerProcess, corpus
+from tests.helpers import CORPUS, ServerProcess, corpus, data_url, wav
 
 LONG = next(clip for clip in corpus("long") if "multispeaker" in clip.path.name)
 MANIFEST = (CORPUS / "long" / "manifest.jsonl").read_text().splitlines()
@@ -37,29 +34,15 @@ DEV = {clip.id: clip for clip in corpus("dev")}
 RATE = 16_000
 
 
-def wav(samples: np.ndarray) -> bytes:
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(RATE)
-        w.writeframes(np.clip(samples * 32768, -32768, 32767).astype("<i2").tobytes())
-    return out.getvalue()
-
-
 def excerpt(*spans: tuple[float, float]) -> bytes:
     """Stretches of the five-speaker recording, one after the other, as WAV."""
     samples = decode_audio(str(LONG.path))
     return wav(np.concatenate([samples[int(start * RATE) : int(end * RATE)] for start, end in spans]))
 
 
-def data_url(audio: bytes, media_type: str = "audio/wav") -> str:
-    return f"data:{media_type};base64,{base64.b64encode(audio).decode()}"
-
-
 def reference(clip_id: str, seconds: float | None = None) -> str:
     samples = decode_audio(str(DEV[clip_id].path))
-    return data_url(wav(samples if seconds is None else np.resize(samples, int(seconds * RATE))))
+    return data_url(samples if seconds is None else np.resize(samples, int(seconds * RATE)))
 
 
 def speaker_during(segments: list, start: float, end: float) -> str:
