@@ -57,6 +57,10 @@ class ServerConfig(ListenConfig):
     translate: bool | None = None
     word_timestamps: bool | None = None
 
+    def public(self) -> dict[str, Any]:
+        """The settings, as `/v1/models/{id}` shows them: all but the keys."""
+        return {key: value for key, value in dataclasses.asdict(self).items() if not key.endswith("_key")}
+
     def capabilities(self, detected: Capabilities) -> Capabilities:
         """`detected`, with what this server was told (by the registry) in place of what it detected."""
         told = {"translate": self.translate, "word_timestamps": self.word_timestamps}

@@ -40,7 +40,7 @@ import logging
 import os
 import pickle
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -107,7 +107,7 @@ def model_card(config: DiarizationConfig) -> ModelCard:
         family="diarization",
         aliases=tuple(a for a in config.aliases if a != name),
         capabilities=DIARIZE_ONLY,
-        settings=asdict(config),
+        settings=config.public(),
     )
 
 

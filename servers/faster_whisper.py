@@ -33,7 +33,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -123,7 +123,7 @@ def model_card(config: FasterWhisperConfig) -> ModelCard:
         capabilities=config.capabilities(
             Capabilities(languages=("en",) if english_only else None, translate=not english_only)
         ),
-        settings=asdict(config),
+        settings=config.public(),
     )
 
 

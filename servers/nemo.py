@@ -39,7 +39,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -182,7 +182,7 @@ def model_card(config: NemoConfig, cfg: DictConfig) -> ModelCard:
         family="nemo",
         aliases=tuple(a for a in config.aliases if a != config.name),
         capabilities=DIARIZE_ONLY if kind == "diarizer" else config.capabilities(_transcriber(kind, cfg)),
-        settings={**asdict(config), "kind": kind, "cache_aware": is_cache_aware(cfg)},
+        settings={**config.public(), "kind": kind, "cache_aware": is_cache_aware(cfg)},
     )
 
 

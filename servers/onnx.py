@@ -26,7 +26,7 @@ if __name__ == "__main__" and __spec__ is None:  # run as a script: run as the m
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +124,7 @@ def model_card(config: OnnxConfig, cls: type) -> ModelCard:
         aliases=tuple(a for a in config.aliases if a != config.name),
         # Canary translates; onnx-asr's Whisper has no translate task.
         capabilities=config.capabilities(Capabilities(translate=kind == "aed", word_timestamps=kind == "timestamped")),
-        settings={**asdict(config), "kind": kind, "onnx_class": cls.__name__},
+        settings={**config.public(), "kind": kind, "onnx_class": cls.__name__},
     )
 
 

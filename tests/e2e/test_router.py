@@ -119,6 +119,7 @@ def test_routing_by_name_and_alias_to_models_with_their_own_settings(router: Ser
     assert loaded["tiny-greedy"]["memory"] > 50_000_000 and loaded["tiny-greedy"]["device"] == "cpu"
     config = httpx.get(router.url + "/v1/models/fast").json()["config"]
     assert (config["beam_size"], config["max_batch_size"]) == (1, 4)
+    assert not {"api_key", "diarizer_key"} & set(config), "the family server's key and the router's stay secret"
 
 
 def test_models_list(sdk: openai.OpenAI) -> None:
