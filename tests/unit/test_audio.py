@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile
 from faster_whisper import decode_audio
 
 from common.audio import Audio, AudioError, AudioLimits, Cancelled, decode
@@ -38,6 +39,22 @@ def test_a_container_decodes_exactly_as_faster_whisper_does(limits: AudioLimits)
     for audio in decoded(CLIP.path.read_bytes(), "audio/flac", limits):
         assert np.array_equal(audio.read(), decode_audio(str(CLIP.path)))
         assert audio.read(16_000, 32_000).tolist() == audio.read()[16_000:32_000].tolist()
+
+
+@pytest.mark.parametrize(
+    ("kind", "rate", "channels"),
+    [("WAV", 16_000, 1), ("FLAC", 16_000, 1), ("WAV", 44_100, 1), ("FLAC", 16_000, 2), ("OGG", 16_000, 1)],
+)
+def test_every_file_decodes_exactly_as_faster_whisper_does(
+    limits: AudioLimits, tmp_path: Path, kind: str, rate: int, channels: int
+) -> None:
+    """16 kHz mono 16-bit WAV and FLAC are read by libsndfile, the rest by PyAV: the same samples either way."""
+    speech = decode_audio(str(CLIP.path), sampling_rate=rate, split_stereo=False)
+    path = tmp_path / f"clip.{kind.lower()}"
+    soundfile.write(path, np.stack([speech] * channels, axis=1), rate, format=kind)
+    for audio in decoded(path.read_bytes(), None, limits):
+        assert np.array_equal(audio.read(), decode_audio(str(path)))
+        assert audio.duration == pytest.approx(len(speech) / rate, abs=0.01)
 
 
 def test_raw_pcm16_at_16_khz_is_taken_as_it_is_and_other_rates_resampled(limits: AudioLimits) -> None:
