@@ -23,7 +23,7 @@ from litserve.utils import LitAPIStatus, ResponseBufferItem, WorkerSetupStatus
 
 from common import metrics
 from common.audio import Audio, AudioError, AudioLimits, decode
-from common.errors import ApiError, model_failed, queue_timeout
+from common.errors import ApiError, model_failed
 from common.jobs import read_error
 from common.models import ModelCard, model_object
 
@@ -132,11 +132,9 @@ class ModelSpec(LitSpec):
                 self.request_queue.put((self.response_queue_id, uid, time.monotonic(), job))
                 async for data, status in self.data_streamer(queue, event, send_status=True):
                     if status == LitAPIStatus.ERROR:
-                        # LitServe's batching loops refuse a job that waited too long with a 504.
-                        too_long = getattr(data, "status_code", 500) == 504
-                        raise queue_timeout() if too_long else model_failed(self.doing)
+                        raise model_failed(self.doing)  # the worker's batch failed: its log says why
                     if not data:
-                        continue  # a batch step that had nothing for this request
+                        continue  # the end of the stream
                     message = json.loads(data)
                     if message["event"] == "error":
                         raise read_error(message)

@@ -13,8 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import litserve as ls
+from litserve.loops.base import LitLoop
 from litserve.loops.continuous_batching_loop import ContinuousBatchingLoop, Output
-from litserve.utils import LitAPIStatus
+from litserve.utils import LitAPIStatus, LoopResponseType
 
 from common import metrics
 from common.audio import AudioLimits, Cancelled
@@ -60,6 +61,7 @@ class FamilyAPI(_Family):
             spec=_spec(config, card),
             max_batch_size=config.max_batch_size,
             batch_timeout=config.batch_timeout,  # type: ignore[attr-defined]
+            loop=_BatchLoop(),
         )
         self.config = config
 
@@ -76,15 +78,8 @@ class FamilyAPI(_Family):
             return job.language or "en"
         return job.languages[0] if self.told_language else ""
 
-    def predict(self, x: TranscriptionJob | list[TranscriptionJob]) -> Iterator[Any]:
-        jobs = x if isinstance(x, list) else [x]
-        steps = metrics.observe_batch(self.spec.model.id, jobs, self.transcribe_batch(jobs))
-        if self.max_batch_size > 1:
-            yield from steps
-            return
-        for (event,) in steps:
-            if event is not None:
-                yield event
+    def predict(self, jobs: list[TranscriptionJob]) -> Iterator[Step]:
+        yield from metrics.observe_batch(self.spec.model.id, jobs, self.transcribe_batch(jobs))
 
 
 def _spec(config: TranscriptionConfig, card: ModelCard) -> OpenAIAudioSpec:
@@ -122,8 +117,7 @@ def only(size: int, index: int, event: dict[str, Any]) -> Step:
 
 def packed(size: int, events: list[tuple[int, dict[str, Any]]]) -> Iterator[Step]:
     """`(job index, event)` pairs of a batch of `size` jobs in as few steps as keep each job's order: the
-    n-th event of every job goes in step n. Every step costs one message per job from the worker to the
-    API process, even for jobs it has nothing for, so fewer steps is less serving overhead."""
+    n-th event of every job goes in step n."""
     steps: list[Step] = []
     placed = [0] * size
     for index, event in events:
@@ -238,6 +232,54 @@ class _JobsLoop(ContinuousBatchingLoop):
         await super().run(lit_api, *args, **kwargs)
 
 
+class _BatchLoop(LitLoop):
+    """Batches of jobs through the API's `predict`, which yields steps (a list of one event or None per
+    job); each event goes to its job's API process as it comes, and a finished job's stream ends.
+
+    It stands in for LitServe's batched streaming loop, which polls the job queue every millisecond (a
+    tenth of a core, even idle) and sends a message to every job of the batch at every step, even one the
+    step has nothing for. This one sleeps until a job arrives, then waits up to `batch_timeout` for more.
+    """
+
+    def run(self, lit_api: ls.LitAPI, device: str, worker_id: int, request_queue: Any, transport: Any, *_: Any) -> None:
+        batch = [request_queue.get()]
+        deadline = time.monotonic() + lit_api.batch_timeout
+        while len(batch) < lit_api.max_batch_size and (wait := deadline - time.monotonic()) > 0:
+            try:
+                batch.append(request_queue.get(timeout=wait))
+            except queue.Empty:
+                break
+        limit = lit_api.request_timeout
+        ready = []
+        for queue_id, uid, queued_at, job in batch:
+            if limit not in (None, -1, False) and time.monotonic() - queued_at > limit:
+                self._send(lit_api, transport, queue_id, uid, error_event(queue_timeout()))
+                self._finish(transport, queue_id, uid)
+            else:
+                ready.append((queue_id, uid, job))
+        if not ready:
+            return
+        try:
+            for step in lit_api.predict([job for _, _, job in ready]):
+                for (queue_id, uid, _), event in zip(ready, step, strict=True):
+                    if event is not None:
+                        self._send(lit_api, transport, queue_id, uid, event)
+        except Exception as exc:
+            logger.exception("a batch failed")
+            for queue_id, uid, _ in ready:
+                self.put_error_response(transport, queue_id, uid, exc, LoopResponseType.STREAMING)
+            return
+        for queue_id, uid, _ in ready:
+            self._finish(transport, queue_id, uid)
+
+    def _send(self, lit_api: ls.LitAPI, transport: Any, queue_id: int, uid: str, event: dict[str, Any]) -> None:
+        data = lit_api.format_encoded_response(event)
+        self.put_response(transport, queue_id, uid, data, LitAPIStatus.OK, LoopResponseType.STREAMING)
+
+    def _finish(self, transport: Any, queue_id: int, uid: str) -> None:
+        self.put_response(transport, queue_id, uid, "", LitAPIStatus.FINISH_STREAMING, LoopResponseType.STREAMING)
+
+
 class DiarizerAPI(_Family):
     """A LitAPI behind `DiarizationSpec`, a batch of `DiarizationJob`s at a time, one event per job.
 
@@ -252,6 +294,7 @@ class DiarizerAPI(_Family):
             spec=DiarizationSpec(card, AudioLimits(config.max_audio_seconds), config.max_queued_audio_seconds),
             max_batch_size=config.max_batch_size,
             batch_timeout=config.batch_timeout,  # type: ignore[attr-defined]
+            loop=_BatchLoop(),
         )
         self.config = config
 
@@ -261,16 +304,11 @@ class DiarizerAPI(_Family):
     def diarize(self, prepared: list[Any]) -> list[list[Turn]]:
         raise NotImplementedError
 
-    def predict(self, x: DiarizationJob | list[DiarizationJob]) -> Iterator[Any]:
+    def predict(self, jobs: list[DiarizationJob]) -> Iterator[Step]:
         """One step: an event per job (None for a job whose client left before it was read)."""
-        jobs = x if isinstance(x, list) else [x]
-        for step in metrics.observe_batch(self.spec.model.id, jobs, self._steps(jobs)):
-            if self.max_batch_size > 1:
-                yield step
-            elif step[0] is not None:
-                yield step[0]
+        yield from metrics.observe_batch(self.spec.model.id, jobs, self._steps(jobs))
 
-    def _steps(self, jobs: list[DiarizationJob]) -> Iterator[list[dict[str, Any] | None]]:
+    def _steps(self, jobs: list[DiarizationJob]) -> Iterator[Step]:
         """The batch's one step, made as it is asked for (so that the batch's metrics time it)."""
         step: list[dict[str, Any] | None] = [None] * len(jobs)
         prepared = []
