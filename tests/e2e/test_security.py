@@ -188,7 +188,12 @@ def test_realtime_sessions_count_per_address_without_a_key_and_a_client_that_nev
         assert (event["error"]["code"], code) == ("rate_limit_exceeded", 1013)
 
         async def never_reads() -> None:
-            async with websockets.connect(url, max_queue=1) as ws:
+            # A small receive buffer: the router's sends block after a few of its events, not after megabytes
+            # (which a busy machine takes longer to send than the WebSocket's ping timeout allows).
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", router.port))
+            async with websockets.connect(url, sock=sock, max_queue=1) as ws:
                 with contextlib.suppress(websockets.ConnectionClosed):
                     for _ in range(200_000):  # each answered with an error event that is never read
                         await ws.send("x")
