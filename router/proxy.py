@@ -5,6 +5,9 @@ The router must know the `model` field before it can pick a family server, but t
 large. `spool` reads the body once into a temporary file (in memory up to 1 MB, on disk beyond),
 parsing the multipart stream as it goes and keeping only the values of small text fields; the body
 is then forwarded byte for byte, streamed from the spool, so an upload is never held twice.
+
+The router talks to family servers with aiohttp rather than httpx: for the same forwarded request its
+client spends about a tenth of httpx's CPU (see docs/benchmarks.md, "Serving overhead").
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import IO
 
-import httpx
+import aiohttp
 from fastapi import FastAPI
 from fastapi.responses import Response, StreamingResponse
 from python_multipart.exceptions import MultipartParseError
@@ -37,6 +40,9 @@ MAX_FIELD_BYTES = 4096  # text fields longer than this are not kept (prompts are
 MAX_PARTS = 1000  # form fields: OpenAI's form has about twenty (repeated ones included)
 MAX_HEADER_BYTES = 8192  # the headers of one part
 CHUNK = 1 << 16
+# Idle connections to family servers are dropped before uvicorn's own 5 s keep-alive could close one
+# under a request being sent.
+KEEP_ALIVE = 4.0
 PATHS = {
     "transcribe": "/v1/audio/transcriptions",
     "translate": "/v1/audio/translations",
@@ -60,13 +66,35 @@ class SpooledUpload:
         self.body.close()
 
 
+class Upstream:
+    """The router's one aiohttp session to the family servers: made on first use, inside the event loop
+    (as aiohttp requires), and closed with the app."""
+
+    def __init__(self) -> None:
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEP_ALIVE),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
+                auto_decompress=False,  # bytes are relayed as they come
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
 class Proxy:
     """`/v1/audio/transcriptions` and `/v1/audio/translations`, forwarded by `model` to its family server."""
 
-    def __init__(self, registry: Registry, supervisor: Supervisor, http: httpx.AsyncClient) -> None:
+    def __init__(self, registry: Registry, supervisor: Supervisor, upstream: Upstream) -> None:
         self.registry = registry
         self.supervisor = supervisor
-        self.http = http
+        self.upstream = upstream
 
     def install(self, app: FastAPI) -> None:
         # The routes read the raw body (forwarded byte for byte): their form is documented by hand.
@@ -94,33 +122,32 @@ class Proxy:
             "x-request-id": request_id.get(),
             **server.headers,
         }
-        upstream = self.http.build_request(
-            "POST", server.url + request.url.path, content=upload.chunks(), headers=headers
-        )
         try:
-            response = await self.http.send(upstream, stream=True)
+            response = await self.upstream.session.post(
+                server.url + request.url.path, data=upload.chunks(), headers=headers
+            )
         except BaseException as exc:  # failed, or cancelled as the client left (CancelOnDisconnect)
             server.release()
             upload.close()
-            if isinstance(exc, httpx.TransportError):
+            if isinstance(exc, aiohttp.ClientError):
                 raise server.unavailable(exc) from None
             raise
         headers = {k: v for k, v in response.headers.items() if k.lower() not in HOP_BY_HOP}
-        return StreamingResponse(
-            self._relay(response, server, upload), status_code=response.status_code, headers=headers
-        )
+        return StreamingResponse(self._relay(response, server, upload), status_code=response.status, headers=headers)
 
-    async def _relay(self, response: httpx.Response, server: Served, upload: SpooledUpload) -> AsyncIterator[bytes]:
+    async def _relay(
+        self, response: aiohttp.ClientResponse, server: Served, upload: SpooledUpload
+    ) -> AsyncIterator[bytes]:
         """The family server's bytes as they arrive; a server that dies mid-stream ends it with an error."""
         try:
-            async for chunk in response.aiter_raw():
+            async for chunk in response.content.iter_any():
                 yield chunk
-        except httpx.TransportError as exc:
+        except aiohttp.ClientError as exc:
             error = server.unavailable(exc)
             if response.headers.get("content-type", "").startswith("text/event-stream"):
                 yield f"data: {json.dumps(error.body())}\n\n".encode()
         finally:
-            await response.aclose()
+            response.release()
             server.release()
             upload.close()
 

@@ -21,7 +21,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 import uvicorn
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -43,7 +42,7 @@ from common.middleware import (
     UploadLimit,
 )
 from router.models import ModelRoutes
-from router.proxy import Proxy
+from router.proxy import Proxy, Upstream
 from router.realtime.endpoint import RealtimeEndpoint
 from router.realtime.session import Limits
 from router.realtime.transcriber import FamilyTranscriber
@@ -84,7 +83,7 @@ class Router:
             config.hang_seconds,
             self._diarizer_env(),
         )
-        self.http = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=5), limits=httpx.Limits(max_connections=None))
+        self.upstream = Upstream()  # the audio routes' and Realtime's connections to family servers
 
     def _diarizer_env(self) -> dict[str, str]:
         """Family servers send the audio of transcriptions with speakers back here, for the registry's
@@ -103,9 +102,9 @@ class Router:
         app = FastAPI(title="open-speech router", lifespan=self.lifespan)
         install_error_handlers(app)
         app.add_api_route("/health", self.health, methods=["GET"])
-        Proxy(self.registry, self.supervisor, self.http).install(app)
+        Proxy(self.registry, self.supervisor, self.upstream).install(app)
         ModelRoutes(self.registry, self.supervisor).install(app)
-        transcriber = FamilyTranscriber(self.registry, self.supervisor, self.http, c.realtime_interim_concurrency)
+        transcriber = FamilyTranscriber(self.registry, self.supervisor, self.upstream, c.realtime_interim_concurrency)
         limits = Limits(c.realtime_max_session_seconds, c.realtime_max_item_seconds, c.realtime_interim_seconds)
         endpoint = RealtimeEndpoint(
             transcriber.decoders, self.registry.default, c.api_key, c.realtime_sessions_per_key, limits
@@ -144,7 +143,7 @@ class Router:
         finally:
             expiry.cancel()
             await self.supervisor.shutdown()
-            await self.http.aclose()
+            await self.upstream.close()
             metrics.cleanup()
 
     async def page(self) -> FileResponse:

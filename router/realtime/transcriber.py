@@ -6,11 +6,12 @@ from __future__ import annotations
 import functools
 from collections import Counter
 
-import httpx
+import aiohttp
 import numpy as np
 
 from common.errors import ApiError
 from common.middleware import request_id
+from router.proxy import Upstream
 from router.realtime.protocol import SessionConfig
 from router.realtime.recognizers import Busy, Decoded, Incremental, ItemDecoder, Redecode, Request
 from router.realtime.session import DecoderFactory
@@ -22,11 +23,11 @@ LOGPROBS = "item.input_audio_transcription.logprobs"  # in a session's `include`
 
 class FamilyTranscriber:
     def __init__(
-        self, registry: Registry, supervisor: Supervisor, http: httpx.AsyncClient, interim_concurrency: int
+        self, registry: Registry, supervisor: Supervisor, upstream: Upstream, interim_concurrency: int
     ) -> None:
         self.registry = registry
         self.supervisor = supervisor
-        self.http = http
+        self.upstream = upstream
         self.interim_concurrency = interim_concurrency
         self.running: Counter[tuple[str, str]] = Counter()  # realtime decodes by (model, final|interim)
 
@@ -67,34 +68,34 @@ class FamilyTranscriber:
     async def _post(self, entry: ModelEntry, config: SessionConfig, request: Request) -> Decoded:
         server = await self.supervisor.server_for(entry)
         pcm = np.clip(request.audio * 32768, -32768, 32767).astype("<i2").tobytes()  # the inverse of s16 / 32768
-        form: dict[str, str | list[str]] = {"model": entry.id, "response_format": "json"}
+        form = aiohttp.FormData({"model": entry.id, "response_format": "json"})
         if config.language:
-            form["language"] = config.language
+            form.add_field("language", config.language)
         if config.prompt:
-            form["prompt"] = config.prompt
-        if config.keywords:
-            form["keywords[]"] = list(config.keywords)
+            form.add_field("prompt", config.prompt)
+        for keyword in config.keywords:
+            form.add_field("keywords[]", keyword)
         logprobs = request.final and LOGPROBS in config.include
         if logprobs:
-            form["include[]"] = "logprobs"
+            form.add_field("include[]", "logprobs")
         if not request.final:
-            form |= {"temperature": "0", "interim": "true"}  # interim text: no fallback, the family's fastest
+            form.add_fields(("temperature", "0"), ("interim", "true"))  # interim text: no fallback, the fastest
         if request.live_id:
-            form |= {"live_id": request.live_id, "live_final": str(request.final).lower()}
+            form.add_fields(("live_id", request.live_id), ("live_final", str(request.final).lower()))
+        form.add_field("file", pcm, filename="audio.pcm", content_type="audio/pcm;rate=16000")
         server.acquire()
         try:
-            response = await self.http.post(
+            async with self.upstream.session.post(
                 server.url + "/v1/audio/transcriptions",
                 data=form,
-                files={"file": ("audio.pcm", pcm, "audio/pcm;rate=16000")},
                 headers={"x-request-id": request_id.get(), **server.headers},
-            )
-        except httpx.TransportError as exc:
+            ) as response:
+                status, body = response.status, await response.json(content_type=None)
+        except aiohttp.ClientError as exc:
             raise server.unavailable(exc) from None
         finally:
             server.release()
-        body = response.json()
-        if response.status_code != 200:
+        if status != 200:
             error = body.get("error", {})
-            raise ApiError(response.status_code, error.get("message", "Transcription failed."), code=error.get("code"))
+            raise ApiError(status, error.get("message", "Transcription failed."), code=error.get("code"))
         return Decoded(body["text"], body.get("logprobs") if logprobs else None)
