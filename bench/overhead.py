@@ -25,8 +25,8 @@ multiprocessing Manager by fork, inference workers by spawn, and uvicorn API pro
 The same runs also read the server's `open_speech_batch_size` histogram (`/metrics`, outside the measured
 window) for the mean batch the workers ran, and measure each role's CPU while idle for a few seconds.
 
-In this process, on the same files, after the servers are stopped: PyAV decoding and resampling into a
-spool file (`bench.families.spooled`, what the API process does per upload: the floor), then the model's
+In this process, on the same files, after the servers are stopped: decoding into a spool file
+(`bench.families.spooled`, what the API process does per upload: the floor), then the model's
 own compute on the decoded audio, by process CPU time: for NeMo the server's decode path without LitServe
 (`NemoAPI.transcribe_batch`: preprocessor, encoder, greedy decoding with timestamps) in batches of the
 server's mean batch size, on one torch thread, and again on torch's default threads as the worker runs
@@ -306,7 +306,7 @@ class Local:
     """What the same files cost in this process: decoding, the model alone, and the batch API."""
 
     requests: int
-    decode_cpu: float  # PyAV decode + resample into a spool file
+    decode_cpu: float  # decoding into a spool file, as the API process does
     decode_wall: float
     model: ModelCost
 
@@ -482,7 +482,7 @@ def layer_table(target: Target, runs: list[ServerRun], mine: Local) -> str:
     row("· worker's own overhead (worker minus model compute)", lambda m: m.ms("inference worker") - model)
     row("**whole tree**", lambda m: m.tree_ms)
     row("**total outside the model** (whole tree minus model compute)", lambda m: m.tree_ms - model)
-    row("· of which the decode floor (PyAV decode + resample, in-process)", lambda m: mine.ms(mine.decode_cpu))
+    row("· of which the decode floor (the API process's decoding, in-process)", lambda m: mine.ms(mine.decode_cpu))
     summary = "; ".join(
         f"{label(r)}: {r.runs[0].requests} requests from {r.runs[0].clients} clients, {r.runs[0].rate:.1f} req/s, "
         f"mean batch {r.runs[0].batch:.1f}"
