@@ -41,6 +41,10 @@ class _Family(ls.LitAPI):
 
     config: ServerConfig
 
+    async def authorize(self) -> None:
+        """Nothing to check here (`common.middleware.BearerAuth` checks keys). LitServe makes this every
+        route's dependency; its default is a plain function, which FastAPI runs on a thread per request."""
+
     def health(self) -> bool:
         """Every inference worker's heartbeat is fresh (see `specs.serving.Heartbeat`): a worker stopped
         or stuck makes /health answer 503, so that the router restarts the server."""
