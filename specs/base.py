@@ -8,7 +8,6 @@ admission by queued audio, and a job's round trip through the queue to a worker 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from collections import deque
@@ -135,10 +134,9 @@ class ModelSpec(LitSpec):
                         raise model_failed(self.doing)  # the worker's batch failed: its log says why
                     if not data:
                         continue  # the end of the stream
-                    message = json.loads(data)
-                    if message["event"] == "error":
-                        raise read_error(message)
-                    yield message
+                    if data["event"] == "error":
+                        raise read_error(data)
+                    yield data
         finally:
             job.audio.delete()
             depth.dec()

@@ -45,6 +45,10 @@ class _Family(ls.LitAPI):
         """Nothing to check here (`common.middleware.BearerAuth` checks keys). LitServe makes this every
         route's dependency; its default is a plain function, which FastAPI runs on a thread per request."""
 
+    def format_encoded_response(self, data: Any) -> Any:
+        """Events cross to the API process as they are (pickled on the pipe), not as JSON text to parse."""
+        return data
+
     def health(self) -> bool:
         """Every inference worker's heartbeat is fresh (see `specs.serving.Heartbeat`): a worker stopped
         or stuck makes /health answer 503, so that the router restarts the server."""
@@ -257,7 +261,7 @@ class _BatchLoop(LitLoop):
         ready = []
         for queue_id, uid, queued_at, job in batch:
             if limit not in (None, -1, False) and time.monotonic() - queued_at > limit:
-                self._send(lit_api, transport, queue_id, uid, error_event(queue_timeout()))
+                self._send(transport, queue_id, uid, error_event(queue_timeout()))
                 self._finish(transport, queue_id, uid)
             else:
                 ready.append((queue_id, uid, job))
@@ -267,7 +271,7 @@ class _BatchLoop(LitLoop):
             for step in lit_api.predict([job for _, _, job in ready]):
                 for (queue_id, uid, _), event in zip(ready, step, strict=True):
                     if event is not None:
-                        self._send(lit_api, transport, queue_id, uid, event)
+                        self._send(transport, queue_id, uid, event)
         except Exception as exc:
             logger.exception("a batch failed")
             for queue_id, uid, _ in ready:
@@ -276,9 +280,8 @@ class _BatchLoop(LitLoop):
         for queue_id, uid, _ in ready:
             self._finish(transport, queue_id, uid)
 
-    def _send(self, lit_api: ls.LitAPI, transport: Any, queue_id: int, uid: str, event: dict[str, Any]) -> None:
-        data = lit_api.format_encoded_response(event)
-        self.put_response(transport, queue_id, uid, data, LitAPIStatus.OK, LoopResponseType.STREAMING)
+    def _send(self, transport: Any, queue_id: int, uid: str, event: dict[str, Any]) -> None:
+        self.put_response(transport, queue_id, uid, event, LitAPIStatus.OK, LoopResponseType.STREAMING)
 
     def _finish(self, transport: Any, queue_id: int, uid: str) -> None:
         self.put_response(transport, queue_id, uid, "", LitAPIStatus.FINISH_STREAMING, LoopResponseType.STREAMING)
