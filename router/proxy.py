@@ -6,8 +6,8 @@ large. `spool` reads the body once into a temporary file (in memory up to 1 MB, 
 parsing the multipart stream as it goes and keeping only the values of small text fields; the body
 is then forwarded byte for byte, streamed from the spool, so an upload is never held twice.
 
-The router talks to family servers with aiohttp rather than httpx: for the same forwarded request its
-client spends about a tenth of httpx's CPU (see docs/benchmarks.md, "Serving overhead").
+The router talks to family servers with aiohttp rather than httpx: its client spends far less CPU on
+each forwarded request (docs/benchmarks.md, "Serving overhead").
 """
 
 from __future__ import annotations

@@ -244,9 +244,9 @@ class _BatchLoop(LitLoop):
     """Batches of jobs through the API's `predict`, which yields steps (a list of one event or None per
     job); each event goes to its job's API process as it comes, and a finished job's stream ends.
 
-    It stands in for LitServe's batched streaming loop, which polls the job queue every millisecond (a
-    tenth of a core, even idle) and sends a message to every job of the batch at every step, even one the
-    step has nothing for. This one sleeps until a job arrives, then waits up to `batch_timeout` for more.
+    It stands in for LitServe's batched streaming loop, which polls the job queue every millisecond (even
+    idle) and sends a message to every job of the batch at every step, even one the step has nothing for.
+    This one sleeps until a job arrives, then waits up to `batch_timeout` for more.
     """
 
     def run(self, lit_api: ls.LitAPI, device: str, worker_id: int, request_queue: Any, transport: Any, *_: Any) -> None:
