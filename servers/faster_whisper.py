@@ -61,6 +61,7 @@ WINDOW_SECONDS = 30.0  # Whisper's window: longer audio is cut at silences into 
 HOP = 160  # samples per Whisper feature frame (a segment's `seek` counts these)
 FRAMES_PER_SECOND = SAMPLE_RATE // HOP
 FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+LAST_PASS_SECONDS = 1.0  # a window's end shorter than this is not decoded again on its own
 
 
 @dataclass
@@ -228,7 +229,7 @@ class FasterWhisperAPI(ConcurrentFamilyAPI):
             if second is None:
                 if first is not None:
                     segments, info = model.transcribe(job.audio.read(first.start, first.end), **options)
-                    yield first, info, _until_cancelled(job, segments)
+                    yield first, info, _until_cancelled(job, _passes(segments, first, options))
                 return
             windows = itertools.chain([first, second], windows)
         # Windows of several jobs share a batch only when their language is known (given, or an English-only
@@ -351,7 +352,30 @@ def _transcribe(
 ) -> tuple[TranscriptionInfo, list[faster_whisper.transcribe.Segment]]:
     """One window, decoded whole (raises `Cancelled` when the job's audio is gone)."""
     segments, info = model.transcribe(job.audio.read(window.start, window.end), **options)
-    return info, list(segments)
+    return info, list(_passes(segments, window, options))
+
+
+def _passes(
+    segments: Iterable[faster_whisper.transcribe.Segment], window: Window, options: dict[str, Any]
+) -> Iterator[faster_whisper.transcribe.Segment]:
+    """`segments` of a window, without a last pass over less than `LAST_PASS_SECONDS` of it.
+
+    With word timestamps, when a pass does not end on a timestamp of its own, faster-whisper decodes
+    again from its last word's end. On a window cut just after its speech, that is the window's trailing
+    pause alone: Whisper decodes it up to its token limit, a hallucination it then drops, at the cost of
+    the whole window again. Like whisper.cpp, which stops with less than a second left, the segments end
+    with the first one that reaches into the window's last second (segments are yielded a pass at a
+    time, so the pass after it is never decoded). Without word timestamps, faster-whisper seeks to the
+    last timestamp token instead, which Whisper places at the end of the speech or past it.
+    """
+    if not options["word_timestamps"]:
+        yield from segments
+        return
+    last = (window.end - window.start) / SAMPLE_RATE - LAST_PASS_SECONDS
+    for segment in segments:
+        yield segment
+        if segment.end > last:
+            return
 
 
 def _until_cancelled(job: TranscriptionJob, segments: Iterable[T]) -> Iterator[T]:
