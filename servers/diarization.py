@@ -175,12 +175,13 @@ class BundledDiarizer:
         """What `diarize_batch` needs of a recording (16 kHz mono float32): its speech, in windows of mel
         frames to embed."""
         audio = _normalize_volume(np.asarray(audio, dtype=np.float32))
-        windows = [window for start, end in _speech(audio) for window in _tile(start // HOP, -(-end // HOP))]
+        regions = _speech(audio)
+        windows = [window for start, end in regions for window in _tile(start // HOP, -(-end // HOP))]
         mel = self._mel(audio) if windows else np.empty((0, N_MELS), np.float32)
         mels = np.zeros((len(windows), WINDOW_FRAMES, N_MELS), np.float32)
         for row, window in enumerate(windows):
             mels[row, : window.length] = mel[window.start : window.start + window.length]
-        return Recording(windows, mels, len(mel), audio.size)
+        return Recording(windows, mels, len(mel), audio.size, _heard_alone(audio, regions))
 
     def diarize_batch(self, recordings: list[tuple[Recording, dict[str, np.ndarray]]]) -> list[list[Turn]]:
         """`diarize` of each (recording, known voices) pair, with the windows of all of them through the
@@ -328,6 +329,22 @@ def _speech(audio: np.ndarray) -> list[tuple[int, int]]:
     return regions
 
 
+def _heard_alone(audio: np.ndarray, regions: list[tuple[int, int]]) -> frozenset[tuple[int, int]]:
+    """The pauses between speech `regions` (as frames from, to) in at least half of which VAD, run on the
+    pause alone, hears speech. Silero VAD's state carries through a recording, and after a clear voice it
+    can miss much of a quieter or noisier one that it hears in full on its own (in the dev conversation,
+    half of a speaker's recording made with a cold). Such a pause between two stretches of one speaker is
+    theirs (`_turns`); it is not embedded, so a voice VAD is unsure of is never taken for a new one."""
+    quiet = set()
+    for (_, end), (start, _) in itertools.pairwise(regions):
+        if start - end <= 2 * TURN_PAD * HOP:
+            continue  # the turns either side meet anyway
+        heard = sum(region["end"] - region["start"] for region in get_speech_timestamps(audio[end:start], VAD))
+        if 2 * heard >= start - end:
+            quiet.add((-(-end // HOP), start // HOP))
+    return frozenset(quiet)
+
+
 @dataclass(frozen=True)
 class _Window:
     """Frames `start` to `start + length` are embedded; the voice found there speaks from frame `first` to
@@ -341,13 +358,15 @@ class _Window:
 
 @dataclass
 class Recording:
-    """One recording's speech windows, their mel frames (zero-padded to WINDOW_FRAMES) ready to embed, and
-    the recording's length in mel frames and in samples."""
+    """One recording's speech windows, their mel frames (zero-padded to WINDOW_FRAMES) ready to embed, the
+    recording's length in mel frames and in samples, and its pauses that hold quiet speech
+    (`_heard_alone`)."""
 
     windows: list[_Window]
     mels: np.ndarray
     frames: int
     samples: int
+    quiet: frozenset[tuple[int, int]]
 
     @property
     def lengths(self) -> np.ndarray:
@@ -364,7 +383,7 @@ class Recording:
         pieces = [(window.first, window.last, int(label)) for window, label in zip(self.windows, labels, strict=True)]
         return [
             Turn(start * HOP / SAMPLE_RATE, min(end * HOP, self.samples) / SAMPLE_RATE, names[label])
-            for start, end, label in _turns(pieces, self.frames)
+            for start, end, label in _turns(pieces, self.frames, self.quiet)
         ]
 
 
@@ -426,16 +445,20 @@ def _names(centroids: np.ndarray, known: dict[str, np.ndarray], threshold: float
     return [name if name is not None else next(free) for name in names]
 
 
-def _turns(pieces: list[tuple[int, int, int]], total: int) -> list[tuple[int, int, int]]:
+def _turns(
+    pieces: list[tuple[int, int, int]], total: int, quiet: frozenset[tuple[int, int]]
+) -> list[tuple[int, int, int]]:
     """Turns (frames) from the windows' stretches of speech, in order: each reaches TURN_PAD frames into
-    the silence either side, up to halfway to its neighbour, and one speaker's stretches that then meet
-    are one turn (a pause in one's speech is no turn of anyone else's)."""
+    the silence either side, up to halfway to its neighbour, and one speaker's stretches that then meet,
+    or that only a pause of `quiet` speech (frames from, to) parts, are one turn (a pause in one's speech
+    is no turn of anyone else's)."""
     turns: list[tuple[int, int, int]] = []
     for k, (start, end, label) in enumerate(pieces):
+        pause = None if k == 0 else (pieces[k - 1][1], start)
         before = 0 if k == 0 else (pieces[k - 1][1] + start) // 2
         after = total if k == len(pieces) - 1 else (end + pieces[k + 1][0]) // 2
         start, end = max(before, start - TURN_PAD), min(after, end + TURN_PAD)
-        if turns and turns[-1][2] == label and turns[-1][1] >= start:
+        if turns and turns[-1][2] == label and (turns[-1][1] >= start or pause in quiet):
             start = turns.pop()[0]
         turns.append((start, end, label))
     return turns
